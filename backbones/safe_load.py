@@ -1,0 +1,74 @@
+"""Safe checkpoint loading for torch >= 2.6 and mmengine 0.10.7.
+
+torch >= 2.6 loads with ``weights_only=True`` by default, which refuses every pickled global that is
+not on an allow-list. mmengine 0.10.7 calls ``torch.load`` without the argument, and a checkpoint
+written by its Runner pickles its message hub (``HistoryBuffer`` objects holding numpy arrays and
+references to their statistic methods), so resume, ``load_from`` and ``tools/test.py CKPT`` fail.
+
+Importing this module (done by ``import backbones``) fixes that once:
+
+* :data:`RUNNER_CHECKPOINT_GLOBALS`, exactly the globals a Runner checkpoint contains, are added to
+  torch's allow-list. ``builtins.getattr`` is among them because pickle stores the bound statistic
+  methods as ``getattr(HistoryBuffer, 'min')``; the weights-only unpickler still refuses to *call*
+  anything that is not allow-listed, so this adds no code execution path during loading.
+* mmengine's loader for local files is replaced by :func:`load_local_checkpoint`, which always loads
+  with ``weights_only=True`` and turns a refusal into an error that names the offending global and
+  what to do. Any checkpoint that pickles another object (a callable, a custom class) is refused.
+"""
+import builtins
+import os
+import pickle
+import re
+
+import numpy as np
+import torch
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+RUNNER_CHECKPOINT_GLOBALS = [
+    HistoryBuffer,
+    np.ndarray,
+    np.dtype,
+    np._core.multiarray._reconstruct,
+    np._core.multiarray.scalar,
+    # numpy 2 pickles a dtype through its class, e.g. numpy.dtypes.Float64DType.
+    *(getattr(np.dtypes, name) for name in np.dtypes.__all__),
+    builtins.getattr,
+]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used, with the reason and the fix in the message."""
+
+
+def _refusal_message(path: str, error: Exception) -> str:
+    found = re.search(r'GLOBAL ([\w.]+ [\w.]+)|global[s]? ([\w.]+)', str(error))
+    name = next((g for g in found.groups() if g), 'an object') if found else 'an object'
+    return (f'Refusing to load {path}: it pickles {name.replace(" ", ".")}, which is not a tensor or part of an '
+            f'mmengine checkpoint, and could run code when unpickled. If you trust the file, extract its '
+            f'weights with `python tools/convert_checkpoint.py {path} OUT.pth --trust-pickle` and use OUT.pth.')
+
+
+def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None) -> dict:
+    """Load a local checkpoint with ``weights_only=True`` (mmengine's loader for plain paths).
+
+    Args:
+        filename: Path of the checkpoint file (``~`` is expanded).
+        map_location: As for :func:`torch.load`.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        CheckpointError: The file pickles a global outside the allow-list.
+    """
+    filename = os.path.expanduser(filename)
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f'Checkpoint not found: {filename}. See checkpoints/README.md for the official '
+                                f'weights and where to put them.')
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(_refusal_message(filename, error)) from None
+
+
+torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_GLOBALS)
+CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)

@@ -1,0 +1,181 @@
+"""The installed stack: compiled mmcv ops, framework imports, image I/O and checkpoint loading."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import CheckpointLoader
+
+import backbones  # noqa: F401  (installs the checkpoint loading policy)
+from backbones.safe_load import CheckpointError
+
+
+def random_boxes(n: int, size: float, generator: torch.Generator) -> torch.Tensor:
+    xy = torch.rand(n, 2, generator=generator) * size
+    wh = torch.rand(n, 2, generator=generator) * size / 3 + 1
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def test_framework_versions_and_imports() -> None:
+    import mmcv
+    import mmdet
+    import mmdet.models  # noqa: F401
+    import mmengine
+    import mmseg
+    import mmseg.models  # noqa: F401
+    import timm
+    from mmcv import _ext  # noqa: F401
+
+    assert torch.__version__.startswith('2.14.1')
+    assert torchvision.__version__.startswith('0.29.1')
+    assert (mmcv.__version__, mmengine.__version__, mmdet.__version__, mmseg.__version__) == (
+        '2.1.0', '0.10.7', '3.3.0', '1.2.2')
+    assert timm.__version__ == '1.0.31'
+    assert int(np.__version__.split('.')[0]) >= 2
+
+
+def test_mmcv_nms_matches_torchvision() -> None:
+    from mmcv.ops import batched_nms, nms
+
+    generator = torch.Generator().manual_seed(1)
+    boxes = random_boxes(500, 200, generator)
+    scores = torch.rand(500, generator=generator)
+    _, keep = nms(boxes, scores, iou_threshold=0.5)
+    expected = torchvision.ops.nms(boxes, scores, 0.5)
+    assert 0 < len(expected) < 500
+    assert torch.equal(keep, expected)
+
+    labels = torch.randint(0, 3, (500,), generator=generator)
+    _, keep = batched_nms(boxes, scores, labels, dict(type='nms', iou_threshold=0.5))
+    expected = torchvision.ops.batched_nms(boxes, scores, labels, 0.5)
+    assert torch.equal(keep.sort().values, expected.sort().values)
+
+
+def test_mmcv_roi_align_matches_torchvision() -> None:
+    from mmcv.ops import RoIAlign, roi_align
+
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(2, 8, 32, 48, generator=generator, requires_grad=True)
+    boxes = random_boxes(64, 120, generator)
+    rois = torch.cat([torch.randint(0, 2, (64, 1), generator=generator).float(), boxes], dim=1)
+
+    ours = RoIAlign((7, 7), spatial_scale=0.25, sampling_ratio=2, aligned=True)(features, rois)
+    reference = torchvision.ops.roi_align(features, rois, (7, 7), spatial_scale=0.25, sampling_ratio=2, aligned=True)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
+
+    grad_out = torch.randn_like(ours)
+    (ours_grad,) = torch.autograd.grad(ours, features, grad_out)
+    (reference_grad,) = torch.autograd.grad(reference, features, grad_out)
+    torch.testing.assert_close(ours_grad, reference_grad, atol=1e-4, rtol=1e-4)
+
+    functional = roi_align(features, rois, (7, 7), 0.25, 0, 'avg', False)
+    reference = torchvision.ops.roi_align(features, rois, (7, 7), spatial_scale=0.25, sampling_ratio=0, aligned=False)
+    torch.testing.assert_close(functional, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_mmcv_image_io_with_headless_opencv(tmp_path) -> None:
+    import cv2
+    import mmcv
+
+    gui_line = next(line for line in cv2.getBuildInformation().splitlines() if line.strip().startswith('GUI:'))
+    assert 'NONE' in gui_line  # the headless build
+    image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    path = str(tmp_path / 'image.png')
+    assert mmcv.imwrite(image, path)
+    np.testing.assert_array_equal(mmcv.imread(path), image)
+    np.testing.assert_array_equal(mmcv.imread(path, channel_order='rgb'), image[..., ::-1])
+    assert mmcv.imresize(image, (15, 10)).shape == (10, 15, 3)
+
+
+class _Payload:
+    """Pickles as a call to os.system, the classic malicious checkpoint."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_checkpoint_with_pickled_callable_is_refused(tmp_path) -> None:
+    marker = tmp_path / 'executed'
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': _Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match=r'Refusing to load .*evil\.pth: it pickles (posix|os)\.system'):
+        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    assert not marker.exists()
+
+
+def test_missing_checkpoint_names_the_path(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match='Checkpoint not found: .*nope.pth. See checkpoints/README.md'):
+        CheckpointLoader.load_checkpoint(str(tmp_path / 'nope.pth'), map_location='cpu')
+
+
+def test_plain_pickle_of_unlisted_class_is_refused(tmp_path) -> None:
+    path = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'extra': pickle.PickleError('x')}, path)
+    with pytest.raises(CheckpointError, match='PickleError'):
+        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+
+
+class _ToyModel(BaseModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 1)
+
+    def forward(self, inputs, targets=None, mode='tensor'):
+        out = self.linear(inputs)
+        if mode == 'loss':
+            return dict(loss=((out - targets)**2).mean())
+        return out
+
+
+class _ToyDataset(torch.utils.data.Dataset):
+    metainfo = dict(classes=('a', 'b'), palette=[(1, 2, 3), (4, 5, 6)])
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> dict:
+        return dict(inputs=torch.full((2,), float(index)), targets=torch.ones(1))
+
+
+def _toy_runner(work_dir, max_epochs: int, **kwargs) -> Runner:
+    return Runner(
+        model=_ToyModel(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(dataset=_ToyDataset(), sampler=dict(type='DefaultSampler', shuffle=True),
+                              batch_size=2, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
+        param_scheduler=dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=3),
+        train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
+        **kwargs)
+
+
+def test_runner_checkpoint_round_trips_with_weights_only(tmp_path) -> None:
+    runner = _toy_runner(tmp_path, max_epochs=1)
+    runner.train()
+    path = tmp_path / 'epoch_1.pth'
+    allowed = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:  # what plain torch.load would refuse
+        refused = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    finally:
+        torch.serialization.add_safe_globals(allowed)
+    assert 'mmengine.logging.history_buffer.HistoryBuffer' in refused
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []
+
+    checkpoint = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    assert checkpoint['meta']['epoch'] == 1
+    torch.testing.assert_close(checkpoint['state_dict']['linear.weight'], runner.model.linear.weight.detach())
+    log_scalars = checkpoint['message_hub']['log_scalars']
+    assert log_scalars['train/loss'].current() == runner.message_hub.get_scalar('train/loss').current()
+
+    resumed = _toy_runner(tmp_path / 'resumed', max_epochs=2, resume=True, load_from=str(path))
+    resumed.train()
+    assert resumed.iter == 8 and resumed.epoch == 2
