@@ -11,7 +11,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import backbones  # noqa: F401  (installs the checkpoint loading policy)
-from backbones.safe_load import CheckpointError
+from backbones.checkpoint_io import CheckpointError
 
 
 def random_boxes(n: int, size: float, generator: torch.Generator) -> torch.Tensor:
@@ -179,3 +179,20 @@ def test_runner_checkpoint_round_trips_with_weights_only(tmp_path) -> None:
     resumed = _toy_runner(tmp_path / 'resumed', max_epochs=2, resume=True, load_from=str(path))
     resumed.train()
     assert resumed.iter == 8 and resumed.epoch == 2
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch) -> None:
+    from mmengine.runner.checkpoint import save_checkpoint
+
+    path = tmp_path / 'epoch_1.pth'
+    save_checkpoint({'state_dict': {'w': torch.ones(3)}}, str(path))
+    saved = path.read_bytes()
+
+    def fail_midway(fd: int) -> None:
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(os, 'fsync', fail_midway)
+    with pytest.raises(OSError, match='No space left'):
+        save_checkpoint({'state_dict': {'w': torch.zeros(10_000)}}, str(path))
+    assert path.read_bytes() == saved  # the earlier checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ['epoch_1.pth']  # and no temporary file is left

@@ -1,4 +1,4 @@
-"""Safe checkpoint loading for torch >= 2.6 and mmengine 0.10.7.
+"""Checkpoint I/O policy: safe loading for torch >= 2.6 and mmengine 0.10.7, atomic writes.
 
 torch >= 2.6 loads with ``weights_only=True`` by default, which refuses every pickled global that is
 not on an allow-list. mmengine 0.10.7 calls ``torch.load`` without the argument, and a checkpoint
@@ -14,14 +14,22 @@ Importing this module (done by ``import backbones``) fixes that once:
 * mmengine's loader for local files is replaced by :func:`load_local_checkpoint`, which always loads
   with ``weights_only=True`` and turns a refusal into an error that names the offending global and
   what to do. Any checkpoint that pickles another object (a callable, a custom class) is refused.
+
+mmengine writes checkpoints with its local file backend, which opens the final path and writes into
+it: a crash or a full disk mid-write leaves a truncated checkpoint under the real name, which resume
+then picks up. :class:`AtomicLocalBackend` replaces that backend: every write goes to a temporary file
+in the same folder and is renamed over the target only when complete.
 """
 import builtins
 import os
 import pickle
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -70,5 +78,35 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
         raise CheckpointError(_refusal_message(filename, error)) from None
 
 
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: ``path`` holds either its old
+    content or all of ``data``, never a part."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend with atomic writes (see :func:`write_atomic`)."""
+
+    def put(self, obj: bytes, filepath: str | Path) -> None:
+        """Write bytes to ``filepath`` atomically."""
+        write_atomic(filepath, obj)
+
+    def put_text(self, obj: str, filepath: str | Path, encoding: str = 'utf-8') -> None:
+        """Write text to ``filepath`` atomically."""
+        write_atomic(filepath, obj.encode(encoding))
+
+
 torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_GLOBALS)
 CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+register_backend('local', AtomicLocalBackend, force=True, prefixes='')
