@@ -1,8 +1,14 @@
-"""ConvNeXt V1/V2 for mmdet and mmseg.
+"""ConvNeXt V1/V2 for mmdet and mmseg: the backbone, checkpoint loading and the LR-decay constructor.
 
-Importing this package makes checkpoints written by mmengine's Runner loadable with
-``weights_only=True`` (see :mod:`backbones.safe_load`).
+Importing this package (``custom_imports=dict(imports=['backbones'])`` in a config) registers
+``ConvNeXt`` in mmengine's root ``MODELS`` registry and ``LRDecayOptimWrapperConstructor`` in its
+root ``OPTIM_WRAPPER_CONSTRUCTORS``, which the mmdet and mmseg registries both fall back to, and
+makes checkpoints written by mmengine's Runner loadable with ``weights_only=True``.
 """
-from .safe_load import CheckpointError, load_local_checkpoint
+from .checkpoint import ConvertedWeights, convert_state_dict, load_backbone_weights, read_checkpoint
+from .convnext import ConvNeXt
+from .layer_decay import LRDecayOptimWrapperConstructor
+from .checkpoint_io import CheckpointError, load_local_checkpoint
 
-__all__ = ['CheckpointError', 'load_local_checkpoint']
+__all__ = ['CheckpointError', 'ConvNeXt', 'ConvertedWeights', 'convert_state_dict', 'load_backbone_weights',
+           'load_local_checkpoint', 'LRDecayOptimWrapperConstructor', 'read_checkpoint']

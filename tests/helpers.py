@@ -1,0 +1,82 @@
+"""Small architectures and checkpoint-format builders shared by the tests.
+
+The builders turn a backbone's state dict (timm layout) into each released checkpoint format, as
+documented by the releases, so that loading can be checked without downloading weights.
+"""
+import re
+
+import torch
+
+# A custom ConvNeXt small enough for CPU training steps in tests.
+TINY_ARCH = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))
+
+StateDict = dict[str, torch.Tensor]
+
+
+def randomize(module: torch.nn.Module) -> torch.nn.Module:
+    """Random weights everywhere, zero-initialised GRN, LayerScale and norms included."""
+    for param in module.parameters():
+        torch.nn.init.normal_(param, std=0.02 if param.ndim > 1 else 0.2)
+    return module
+
+
+def to_official(backbone_state: StateDict, dense: bool = False) -> StateDict:
+    """Official ConvNeXt layout: classification (with head and final norm) or, with ``dense``, the
+    backbone of the official detection/segmentation release (output norms ``norm{i}``)."""
+    out = {}
+    for key, value in backbone_state.items():
+        if key.startswith('out_norms.'):
+            if dense:
+                out[re.sub(r'^out_norms\.(\d)', r'norm\1', key)] = value
+            continue
+        key = re.sub(r'^stem\.(\d)', r'downsample_layers.0.\1', key)
+        key = re.sub(r'^stages\.(\d)\.downsample\.(\d)', r'downsample_layers.\1.\2', key)
+        key = re.sub(r'^stages\.(\d)\.blocks\.(\d+)', r'stages.\1.\2', key)
+        key = key.replace('.conv_dw.', '.dwconv.').replace('.mlp.fc', '.pwconv')
+        if '.mlp.grn.' in key:
+            key = key.replace('.mlp.grn.weight', '.grn.gamma').replace('.mlp.grn.bias', '.grn.beta')
+            value = value.reshape(1, 1, 1, -1)
+        out[key] = value
+    if not dense:
+        channels = out['downsample_layers.3.1.weight'].shape[0]
+        out.update({'norm.weight': torch.ones(channels), 'norm.bias': torch.zeros(channels),
+                    'head.weight': torch.randn(1000, channels), 'head.bias': torch.zeros(1000)})
+    return out
+
+
+def to_fcmae(backbone_state: StateDict) -> StateDict:
+    """V2 FCMAE pre-training layout: sparse encoder (MinkowskiEngine kernels) plus decoder."""
+    out = {}
+    for key, value in to_official(backbone_state).items():
+        if key.startswith(('norm.', 'head.')):
+            continue
+        if re.match(r'downsample_layers\.[123]\.1\.weight', key):  # (out, in, h, w) -> (w * k + h, in, out)
+            key, value = key.replace('.weight', '.kernel'), value.permute(3, 2, 1, 0).reshape(-1, *value.shape[1::-1])
+        elif key.endswith('.dwconv.weight'):  # (C, 1, h, w) -> (w * k + h, C)
+            key, value = key.replace('.weight', '.kernel'), value[:, 0].permute(2, 1, 0).reshape(-1, value.shape[0])
+        elif re.match(r'downsample_layers\.[123]\.1\.bias', key) or key.endswith('.dwconv.bias') or '.grn.' in key:
+            value = value.reshape(1, -1)
+        key = re.sub(r'^(downsample_layers\.[123]\.0)\.', r'\1.ln.', key)
+        key = key.replace('.norm.', '.norm.ln.')
+        key = re.sub(r'\.(pwconv\d)\.', r'.\1.linear.', key)
+        out[f'encoder.{key}'] = value
+    out.update({'mask_token': torch.zeros(1, 512, 1, 1), 'proj.weight': torch.randn(512, 128, 1, 1),
+                'decoder.0.dwconv.weight': torch.randn(512, 1, 7, 7), 'pred.weight': torch.randn(3072, 512, 1, 1)})
+    return out
+
+
+def to_mmpretrain(backbone_state: StateDict, dense: bool = False) -> StateDict:
+    """mmpretrain ConvNeXt layout under ``backbone.``: a classifier (``norm3`` is the final norm,
+    ``head.fc``) or, with ``dense``, a detector backbone with output norms ``norm{i}``."""
+    out = {}
+    for key, value in to_official(backbone_state, dense=dense).items():
+        key = key.replace('.dwconv.', '.depthwise_conv.').replace('.pwconv', '.pointwise_conv')
+        if '.grn.' in key:
+            value = value.reshape(-1)
+        if key.startswith('head.'):
+            out[key.replace('head.', 'head.fc.')] = value
+            continue
+        if key.startswith('norm.'):
+            key = key.replace('norm.', 'norm3.')
+        out[f'backbone.{key}'] = value
+    return out

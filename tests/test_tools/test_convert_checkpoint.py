@@ -1,0 +1,57 @@
+"""tools/convert_checkpoint.py converts offline and refuses untrusted pickles unless told."""
+import argparse
+import runpy
+import sys
+
+import pytest
+import torch
+
+from backbones import ConvNeXt
+from tests.helpers import TINY_ARCH, randomize, to_fcmae, to_official
+
+
+def convert(monkeypatch, *argv: str) -> None:
+    monkeypatch.setattr(sys, 'argv', ['convert_checkpoint.py', *argv])
+    runpy.run_path('tools/convert_checkpoint.py', run_name='__main__')
+
+
+def test_fcmae_converts_to_a_loadable_backbone(tmp_path, monkeypatch, capsys) -> None:
+    source = randomize(ConvNeXt(arch=TINY_ARCH, version='v2')).eval()
+    torch.save({'model': to_fcmae(source.state_dict())}, tmp_path / 'fcmae.pt')
+    convert(monkeypatch, str(tmp_path / 'fcmae.pt'), str(tmp_path / 'out.pth'))
+    assert 'fcmae format' in capsys.readouterr().out
+
+    converted = torch.load(tmp_path / 'out.pth', weights_only=True)
+    assert converted['meta']['source_format'] == 'fcmae'
+    loaded = ConvNeXt(arch=TINY_ARCH, version='v2').eval()
+    missing, unexpected = loaded.load_state_dict(converted['state_dict'], strict=False)
+    assert unexpected == [] and all(k.startswith('out_norms.') for k in missing)
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(loaded.forward_stages(image), source.forward_stages(image)):
+            torch.testing.assert_close(ours, theirs)
+
+
+def test_official_detector_keeps_its_heads(tmp_path, monkeypatch) -> None:
+    source = randomize(ConvNeXt(arch=TINY_ARCH))
+    heads = {'roi_head.bbox_head.0.fc_cls.weight': torch.randn(81, 16)}
+    backbone = {f'backbone.{k}': v for k, v in to_official(source.state_dict(), dense=True).items()}
+    torch.save({'state_dict': {**backbone, **heads}, 'meta': {'CLASSES': ('a',)}}, tmp_path / 'cascade.pth')
+    convert(monkeypatch, str(tmp_path / 'cascade.pth'), str(tmp_path / 'out.pth'))
+    state = torch.load(tmp_path / 'out.pth', weights_only=True)['state_dict']
+    torch.testing.assert_close(state['roi_head.bbox_head.0.fc_cls.weight'], heads['roi_head.bbox_head.0.fc_cls.weight'])
+    expected = {f'backbone.{k}': v for k, v in source.state_dict().items()}
+    assert set(state) == set(expected) | set(heads)
+    for key, value in expected.items():
+        torch.testing.assert_close(state[key], value, msg=key)
+
+
+def test_untrusted_pickle_needs_explicit_trust(tmp_path, monkeypatch) -> None:
+    source = randomize(ConvNeXt(arch=TINY_ARCH))
+    path = tmp_path / 'with_args.pth'
+    torch.save({'model': to_official(source.state_dict()), 'args': argparse.Namespace(lr=1e-3)}, path)
+    with pytest.raises(SystemExit, match=r'error: Refusing to load .*argparse\.Namespace.*--trust-pickle'):
+        convert(monkeypatch, str(path), str(tmp_path / 'out.pth'))
+    assert not (tmp_path / 'out.pth').exists()
+    convert(monkeypatch, str(path), str(tmp_path / 'out.pth'), '--trust-pickle')
+    assert torch.load(tmp_path / 'out.pth', weights_only=True)['meta']['source_format'] == 'official'

@@ -1,0 +1,55 @@
+"""Convert a ConvNeXt checkpoint of any released format to this project's layout, offline.
+
+    python tools/convert_checkpoint.py IN.pth OUT.pth [--trust-pickle]
+
+A backbone-only checkpoint (official V1/V2 classification, V2 FCMAE, timm, mmpretrain) becomes a
+backbone state dict for ``init_cfg=dict(type='Pretrained', checkpoint=OUT.pth)``. A whole
+detector/segmentor checkpoint (e.g. the official ConvNeXt COCO/ADE20K release) becomes a model state
+dict for our configs: ``python tools/test.py CONFIG OUT.pth``. The input is read with
+``weights_only=True``; ``--trust-pickle`` reads a file you trust that pickles other objects.
+"""
+import argparse
+import io
+
+import torch
+
+from backbones.checkpoint import convert_state_dict, read_checkpoint, unwrap_state_dict
+from backbones.checkpoint_io import CheckpointError, write_atomic
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('input', help='checkpoint to convert (path or URL)')
+    parser.add_argument('output', help='where to write the converted checkpoint')
+    parser.add_argument('--trust-pickle', action='store_true',
+                        help='unpickle the input without the weights-only restriction (only for files you trust)')
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        if args.trust_pickle:
+            state_dict = unwrap_state_dict(torch.load(args.input, map_location='cpu', weights_only=False))
+        else:
+            state_dict = read_checkpoint(args.input)
+        weights = convert_state_dict(state_dict)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise SystemExit(f'error: {error}') from None
+
+    if weights.other:  # a whole model: keep its neck and heads
+        converted = {**{f'backbone.{k}': v for k, v in weights.backbone.items()}, **weights.other}
+    else:
+        converted = weights.backbone
+    buffer = io.BytesIO()
+    torch.save({'state_dict': converted, 'meta': dict(source=args.input, source_format=weights.source_format)}, buffer)
+    write_atomic(args.output, buffer.getvalue())
+
+    print(f'{args.input}: {weights.source_format} format -> {args.output} ({len(converted)} tensors)')
+    for reason, names in weights.leftovers.items():
+        if reason != 'detector/segmentor parts (neck, heads)':
+            print(f'  dropped ({reason}): {len(names)} tensors, e.g. {names[0]}')
+
+
+if __name__ == '__main__':
+    main()
