@@ -20,6 +20,15 @@ def randomize(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def official_name(key: str) -> str:
+    """The official ConvNeXt name of a backbone parameter named in timm's layout."""
+    key = re.sub(r'^stem\.(\d)', r'downsample_layers.0.\1', key)
+    key = re.sub(r'^stages\.(\d)\.downsample\.(\d)', r'downsample_layers.\1.\2', key)
+    key = re.sub(r'^stages\.(\d)\.blocks\.(\d+)', r'stages.\1.\2', key)
+    key = key.replace('.conv_dw.', '.dwconv.').replace('.mlp.fc', '.pwconv')
+    return key.replace('.mlp.grn.weight', '.grn.gamma').replace('.mlp.grn.bias', '.grn.beta')
+
+
 def to_official(backbone_state: StateDict, dense: bool = False) -> StateDict:
     """Official ConvNeXt layout: classification (with head and final norm) or, with ``dense``, the
     backbone of the official detection/segmentation release (output norms ``norm{i}``)."""
@@ -29,14 +38,8 @@ def to_official(backbone_state: StateDict, dense: bool = False) -> StateDict:
             if dense:
                 out[re.sub(r'^out_norms\.(\d)', r'norm\1', key)] = value
             continue
-        key = re.sub(r'^stem\.(\d)', r'downsample_layers.0.\1', key)
-        key = re.sub(r'^stages\.(\d)\.downsample\.(\d)', r'downsample_layers.\1.\2', key)
-        key = re.sub(r'^stages\.(\d)\.blocks\.(\d+)', r'stages.\1.\2', key)
-        key = key.replace('.conv_dw.', '.dwconv.').replace('.mlp.fc', '.pwconv')
-        if '.mlp.grn.' in key:
-            key = key.replace('.mlp.grn.weight', '.grn.gamma').replace('.mlp.grn.bias', '.grn.beta')
-            value = value.reshape(1, 1, 1, -1)
-        out[key] = value
+        key = official_name(key)
+        out[key] = value.reshape(1, 1, 1, -1) if '.grn.' in key else value
     if not dense:
         channels = out['downsample_layers.3.1.weight'].shape[0]
         out.update({'norm.weight': torch.ones(channels), 'norm.bias': torch.zeros(channels),
