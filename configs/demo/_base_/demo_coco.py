@@ -1,0 +1,40 @@
+# The built-in demo data in COCO format (tools/demo_data.py), for the detection demo configs. The
+# values are named demo_* so that this file can sit beside a real config in `_base_` (mmengine does not
+# allow two bases to define the same key); the demo configs assign them to the real keys.
+demo_data_root = 'data/demo/coco/'
+demo_image_size = (128, 128)
+demo_metainfo = dict(
+    classes=('circle', 'square', 'triangle', 'cross'),
+    palette=[(220, 40, 40), (40, 190, 40), (30, 90, 220), (230, 210, 30)])
+demo_train_dataloader = dict(
+    batch_size=8,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=demo_data_root,
+        metainfo=demo_metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=8),
+        pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+            dict(type='RandomFlip', prob=0.5),
+            dict(type='RandomResize', scale=demo_image_size, ratio_range=(0.8, 1.25), keep_ratio=True),
+            dict(type='PackDetInputs'),
+        ]))
+demo_val_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=demo_data_root,
+        metainfo=demo_metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='val/'),
+        pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='Resize', scale=demo_image_size, keep_ratio=True),
+            dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+            dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+        ]))
+demo_val_evaluator = dict(ann_file=demo_data_root + 'annotations/instances_val.json')
