@@ -1,11 +1,12 @@
 """Convert a ConvNeXt checkpoint of any released format to this project's layout, offline.
 
-    python tools/convert_checkpoint.py IN.pth OUT.pth [--trust-pickle]
+    python tools/convert_checkpoint.py IN.pth OUT.pth [--backbone-only] [--trust-pickle]
 
 A backbone-only checkpoint (official V1/V2 classification, V2 FCMAE, timm, mmpretrain) becomes a
 backbone state dict for ``init_cfg=dict(type='Pretrained', checkpoint=OUT.pth)``. A whole
 detector/segmentor checkpoint (e.g. the official ConvNeXt COCO/ADE20K release) becomes a model state
-dict for our configs: ``python tools/test.py CONFIG OUT.pth``. The input is read with
+dict for our configs: ``python tools/test.py CONFIG OUT.pth``; with ``--backbone-only`` only its
+backbone is kept, to initialise another model from it. The input is read with
 ``weights_only=True``; ``--trust-pickle`` reads a file you trust that pickles other objects.
 """
 import argparse
@@ -21,6 +22,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('input', help='checkpoint to convert (path or URL)')
     parser.add_argument('output', help='where to write the converted checkpoint')
+    parser.add_argument('--backbone-only', action='store_true', help='keep only the backbone of a whole model')
     parser.add_argument('--trust-pickle', action='store_true',
                         help='unpickle the input without the weights-only restriction (only for files you trust)')
     return parser.parse_args()
@@ -37,7 +39,7 @@ def main() -> None:
     except (CheckpointError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
 
-    if weights.other:  # a whole model: keep its neck and heads
+    if weights.other and not args.backbone_only:  # a whole model: keep its neck and heads
         converted = {**{f'backbone.{k}': v for k, v in weights.backbone.items()}, **weights.other}
     else:
         converted = weights.backbone

@@ -1,0 +1,127 @@
+"""Config preparation shared by ``tools/train.py`` and ``tools/test.py`` (mmdet and mmseg alike).
+
+* :func:`load_config`: read a config and apply ``--cfg-options``.
+* :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
+* :func:`check_datasets`: a one-line error naming the missing file and the README section.
+* :func:`adapt_to_cpu`: run the paper's GPU recipes on a machine without CUDA: fp32 instead of AMP
+  (mmengine's ``AmpOptimWrapper`` cannot be built without a GPU), gloo instead of NCCL, and
+  :class:`CPUDistributedDataParallel` for multi-process CPU training.
+"""
+import os
+import os.path as osp
+
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.logging import print_log
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.registry import MODEL_WRAPPERS
+from torch import nn
+
+__all__ = ['DictAction', 'DatasetNotFoundError', 'adapt_to_cpu', 'check_datasets', 'load_config', 'set_data_root']
+
+README_SECTIONS = {'CocoDataset': 'Datasets: COCO', 'ADE20KDataset': 'Datasets: ADE20K'}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset file or folder that a config needs does not exist."""
+
+
+def load_config(path: str, cfg_options: dict | None = None) -> Config:
+    """Read ``path`` and merge ``cfg_options`` (``--cfg-options key=value`` pairs) into it."""
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def _dataset_cfgs(dataset: ConfigDict) -> list[ConfigDict]:
+    """The leaf dataset configs inside wrappers such as RepeatDataset and ConcatDataset."""
+    if 'datasets' in dataset:
+        return [leaf for child in dataset.datasets for leaf in _dataset_cfgs(child)]
+    if 'dataset' in dataset:
+        return _dataset_cfgs(dataset.dataset)
+    return [dataset]
+
+
+def _evaluator_cfgs(cfg: Config) -> list[ConfigDict]:
+    evaluators = []
+    for key in ('val_evaluator', 'test_evaluator'):
+        evaluator = cfg.get(key)
+        evaluators += evaluator if isinstance(evaluator, list) else [evaluator] if evaluator else []
+    return evaluators
+
+
+def set_data_root(cfg: Config, data_root: str) -> None:
+    """Use ``data_root`` for every dataset and for evaluator annotation files under the old roots."""
+    old_roots = set()
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader')
+        for dataset in _dataset_cfgs(loader.dataset) if loader else []:
+            old_roots.add(dataset.get('data_root', ''))
+            dataset.data_root = data_root
+    rewritten = set()
+    for evaluator in _evaluator_cfgs(cfg):
+        ann_file = str(evaluator.get('ann_file', ''))
+        old_root = next((root for root in old_roots if root and ann_file.startswith(root)), None)
+        if old_root and id(evaluator) not in rewritten:
+            evaluator.ann_file = osp.join(data_root, ann_file[len(old_root):].lstrip('/'))
+            rewritten.add(id(evaluator))
+    cfg.data_root = data_root
+
+
+def check_datasets(cfg: Config, splits: list[str]) -> None:
+    """Check that the files and folders of the ``splits`` dataloaders exist.
+
+    Raises:
+        DatasetNotFoundError: The first missing path, the dataset and the README section to read.
+    """
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        for dataset in _dataset_cfgs(loader.dataset) if loader else []:
+            root = dataset.get('data_root', '')
+            paths = [dataset.get('ann_file') or None, *dict(dataset.get('data_prefix', {})).values()]
+            for path in filter(None, paths):
+                full = osp.join(root, path)
+                if not osp.exists(full):
+                    section = README_SECTIONS.get(dataset.get('type'), 'Datasets')
+                    raise DatasetNotFoundError(
+                        f"{dataset.get('type', 'Dataset')} {split} split not found: {full} does not exist. Prepare "
+                        f"the data as README section '{section}' describes, or point --data-root at it.")
+    for evaluator in _evaluator_cfgs(cfg):
+        if evaluator.get('ann_file') and not osp.exists(evaluator.ann_file):
+            raise DatasetNotFoundError(f"Annotation file of the {evaluator.type} evaluator not found: "
+                                       f"{evaluator.ann_file}. Prepare the data as the README describes, or point "
+                                       '--data-root at it.')
+
+
+@MODEL_WRAPPERS.register_module()
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """MMDistributedDataParallel for CPU processes (gloo): no device ids, and SyncBN layers, which
+    need CUDA, reverted to per-process BN."""
+
+    def __init__(self, module: nn.Module, **kwargs) -> None:
+        kwargs.pop('device_ids', None)
+        super().__init__(module=revert_sync_batchnorm(module), device_ids=None, **kwargs)
+
+
+def adapt_to_cpu(cfg: Config) -> None:
+    """Make a GPU recipe runnable without CUDA; a no-op where CUDA is available.
+
+    The optimizer, lr and schedule are unchanged, so results stay comparable, only slower and in fp32.
+    """
+    if torch.cuda.is_available():
+        return
+    optim_wrapper = cfg.get('optim_wrapper')
+    if optim_wrapper and optim_wrapper.get('type') == 'AmpOptimWrapper':
+        optim_wrapper.type = 'OptimWrapper'
+        for amp_only in ('loss_scale', 'dtype', 'use_fsdp'):
+            optim_wrapper.pop(amp_only, None)
+        print_log('No CUDA device: training in fp32 with OptimWrapper instead of AmpOptimWrapper (AMP needs a GPU).',
+                  logger='current')
+    cfg.setdefault('env_cfg', ConfigDict()).setdefault('dist_cfg', ConfigDict()).backend = 'gloo'
+    cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel', broadcast_buffers=False,
+                                 find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if cfg.get('launcher', 'none') == 'pytorch' and not torch.distributed.is_initialized():
+        # mmengine's init_dist calls torch.cuda.set_device first, which fails without a GPU.
+        torch.distributed.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
+                                             world_size=int(os.environ['WORLD_SIZE']))
