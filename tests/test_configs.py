@@ -1,0 +1,110 @@
+"""Every config loads and builds; full-size configs match the papers' recipes, parameters and FLOPs."""
+import runpy
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+CONFIGS = sorted(str(p) for p in Path('configs').rglob('*.py') if '_base_' not in p.parts)
+complexity = runpy.run_path('tools/analysis/get_flops.py')['complexity']
+
+# config: (drop path, lr, decay rate, decay type, num_layers, AMP, params M, FLOPs G) from the papers and
+# the official release; FLOPs at 1280x800 (detection), 2048x512 / 2560x640 (segmentation).
+PAPER = {
+    'det/mask_rcnn_convnext_t': (0.4, 1e-4, 0.95, 'layer_wise', 6, True, 48, 262),
+    'det/cascade_convnext_t': (0.4, 2e-4, 0.7, 'layer_wise', 6, True, 86, 741),
+    'det/cascade_convnext_s': (0.6, 2e-4, 0.7, 'layer_wise', 12, True, 108, 827),
+    'det/cascade_convnext_b': (0.7, 2e-4, 0.8, 'layer_wise', 12, True, 146, 964),
+    'det/cascade_convnext_b_in22k': (0.6, 1e-4, 0.8, 'layer_wise', 12, True, 146, 964),
+    'det/cascade_convnext_l_in22k': (0.7, 1e-4, 0.7, 'layer_wise', 12, False, 255, 1354),
+    'det/cascade_convnext_xl_in22k': (0.8, 1e-4, 0.7, 'layer_wise', 12, False, 407, 1898),
+    'seg/upernet_convnext_t': (0.4, 1e-4, 0.9, 'stage_wise', 6, True, 60, 939),
+    'seg/upernet_convnext_s': (0.3, 1e-4, 0.9, 'stage_wise', 12, True, 82, 1027),
+    'seg/upernet_convnext_b': (0.4, 1e-4, 0.9, 'stage_wise', 12, True, 122, 1170),
+    'seg/upernet_convnext_b_in22k': (0.4, 1e-4, 0.9, 'stage_wise', 12, True, 122, 1828),
+    'seg/upernet_convnext_l_in22k': (0.4, 1e-4, 0.9, 'stage_wise', 12, True, 235, 2458),
+    'seg/upernet_convnext_xl_in22k': (0.4, 8e-5, 0.9, 'stage_wise', 12, True, 391, 3335),
+}
+
+
+def test_every_config_is_listed() -> None:
+    assert {f'configs/{name}.py' for name in PAPER} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_config_builds_with_consistent_channels(path: str) -> None:
+    from mmengine.registry import MODELS, init_default_scope
+    import torch
+
+    cfg = Config.fromfile(path)
+    assert cfg.custom_imports.imports == ['backbones']
+    init_default_scope(cfg.default_scope)
+    cfg.model.backbone.init_cfg = None
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
+    backbone = model.backbone
+    assert type(backbone).__name__ == 'ConvNeXt' and backbone.out_strides == (4, 8, 16, 32)
+    if cfg.default_scope == 'mmdet':
+        assert tuple(model.neck.in_channels) == backbone.out_channels
+    else:
+        assert tuple(model.decode_head.in_channels) == backbone.out_channels
+        assert model.auxiliary_head.in_channels == backbone.out_channels[2]
+
+
+@pytest.mark.parametrize('name', list(PAPER))
+def test_recipe_parameters_and_flops_match_the_paper(name: str) -> None:
+    drop_path, lr, decay_rate, decay_type, num_layers, amp, params_m, flops_g = PAPER[name]
+    cfg = Config.fromfile(f'configs/{name}.py')
+    assert cfg.model.backbone.drop_path_rate == drop_path
+    assert cfg.model.backbone.layer_scale_init_value == 1.0
+    optim = cfg.optim_wrapper
+    assert (optim.optimizer.type, optim.optimizer.lr, optim.optimizer.betas, optim.optimizer.weight_decay) == (
+        'AdamW', lr, (0.9, 0.999), 0.05)
+    assert optim.constructor == 'LRDecayOptimWrapperConstructor'
+    assert (optim.paramwise_cfg.decay_rate, optim.paramwise_cfg.decay_type, optim.paramwise_cfg.num_layers) == (
+        decay_rate, decay_type, num_layers)
+    assert (optim.type == 'AmpOptimWrapper') is amp
+
+    params, counts = complexity(cfg)
+    assert round(params / 1e6) == params_m
+    assert sum(counts.values()) / 1e9 == pytest.approx(flops_g, rel=0.03)
+
+
+def test_detection_schedule_and_augmentation() -> None:
+    cfg = Config.fromfile('configs/det/cascade_convnext_t.py')
+    assert cfg.train_cfg.max_epochs == 36
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == ('LinearLR', 0.001, 500, False)
+    assert (steps.type, steps.milestones, steps.gamma) == ('MultiStepLR', [27, 33], 0.1)
+    assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 16
+    flip, choice = cfg.train_pipeline[2:4]
+    assert flip.prob == 0.5
+    resize_only, crop_branch = choice.transforms
+    assert [s[0] for s in resize_only[0].scales] == list(range(480, 801, 32))
+    assert [s[0] for s in crop_branch[0].scales] == [400, 500, 600]
+    assert (crop_branch[1].crop_type, crop_branch[1].crop_size, crop_branch[1].allow_negative_crop) == (
+        'absolute_range', (384, 600), True)
+    heads = cfg.model.roi_head.bbox_head
+    assert [h.bbox_coder.target_stds for h in heads] == [
+        [0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]
+    assert all((h.type, h.num_shared_convs, h.num_shared_fcs, h.reg_decoded_bbox, h.loss_bbox.type,
+                h.loss_bbox.loss_weight) == ('ConvFCBBoxHead', 4, 1, True, 'GIoULoss', 10.0) for h in heads)
+    assert cfg.model.roi_head.stage_loss_weights == [1, 0.5, 0.25]
+
+
+def test_segmentation_schedule_heads_and_evaluation() -> None:
+    cfg = Config.fromfile('configs/seg/upernet_convnext_t.py')
+    assert cfg.train_cfg.max_iters == 160000
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.start_factor, warmup.end, poly.type, poly.power, poly.eta_min, poly.end) == (
+        1e-6, 1500, 'PolyLR', 1.0, 0.0, 160000)
+    assert cfg.train_dataloader.batch_size * 8 == 16
+    head, aux = cfg.model.decode_head, cfg.model.auxiliary_head
+    assert (head.type, head.pool_scales, head.channels, head.dropout_ratio, head.num_classes) == (
+        'UPerHead', (1, 2, 3, 6), 512, 0.1, 150)
+    assert (aux.type, aux.in_index, aux.channels, aux.loss_decode.loss_weight) == ('FCNHead', 2, 256, 0.4)
+    assert cfg.model.test_cfg == dict(mode='slide', crop_size=(512, 512), stride=(341, 341))
+    ratios = [t.scale_factor for t in cfg.tta_pipeline[1].transforms[0]]
+    assert ratios == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    large = Config.fromfile('configs/seg/upernet_convnext_l_in22k.py')
+    assert large.model.test_cfg.stride == (426, 426) and large.train_pipeline[2].scale == (2560, 640)

@@ -1,0 +1,107 @@
+"""Parameters and FLOPs of a detector or segmentor config, counted the way the ConvNeXt papers count.
+
+    python tools/analysis/get_flops.py CONFIG [--shape H W]
+
+FLOPs are multiply-adds of convolutions, linear layers and matrix products (norms, activations,
+pooling, resizing and RoIAlign are not counted), at the input shape (default: 800x1280 for detection,
+512x2048 for 512 crops, 640x2560 for 640 crops, as the papers use):
+
+* detection: backbone, neck and RPN head on the whole input; each box head (every cascade stage) on
+  1000 proposals; each mask head (every cascade stage) on 100 detections;
+* segmentation: backbone and decode head on the whole input (the auxiliary head is training-only).
+
+Parameters are those of the whole model (auxiliary head included). Counting runs on the meta device,
+so even the largest configs take seconds and no memory.
+"""
+import argparse
+import warnings
+
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import MODELS, init_default_scope  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+NUM_PROPOSALS = 1000
+NUM_DETECTIONS = 100
+
+
+def multiply_adds(function, *args) -> int:
+    """Multiply-adds of ``function(*args)`` (torch counts a multiply-add as 2 FLOPs)."""
+    with FlopCounterMode(display=False) as counter:
+        function(*args)
+    return counter.get_total_flops() // 2
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The model of ``cfg`` on the meta device, in eval mode, without loading pre-trained weights."""
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    if cfg.model.get('type') in ('SegTTAModel', 'DetTTAModel'):
+        cfg.model = cfg.model.module
+    cfg.model.backbone.init_cfg = None
+    with torch.device('meta'):
+        return MODELS.build(cfg.model).eval()
+
+
+def default_shape(cfg: Config) -> tuple[int, int]:
+    if cfg.default_scope == 'mmdet':
+        return 800, 1280
+    crop = cfg.model.test_cfg.get('crop_size', (512, 512))
+    return crop[0], crop[0] * 4
+
+
+def count_detector(model: torch.nn.Module, image: torch.Tensor) -> dict[str, int]:
+    """Multiply-adds per part of a (Cascade) Mask R-CNN."""
+    counts = {'backbone': multiply_adds(model.backbone, image)}
+    features = model.neck(model.backbone(image))
+    counts['neck'] = multiply_adds(model.neck, model.backbone(image))
+    counts['rpn head'] = multiply_adds(model.rpn_head, features)
+    roi_head = model.roi_head
+    bbox_heads = roi_head.bbox_head if isinstance(roi_head.bbox_head, torch.nn.ModuleList) else [roi_head.bbox_head]
+    mask_heads = roi_head.mask_head if isinstance(roi_head.mask_head, torch.nn.ModuleList) else [roi_head.mask_head]
+    extractor = roi_head.bbox_roi_extractor
+    extractor = extractor[0] if isinstance(extractor, torch.nn.ModuleList) else extractor
+    mask_extractor = roi_head.mask_roi_extractor
+    mask_extractor = mask_extractor[0] if isinstance(mask_extractor, torch.nn.ModuleList) else mask_extractor
+    box_size, mask_size = extractor.roi_layers[0].output_size, mask_extractor.roi_layers[0].output_size
+    box_features = torch.empty(NUM_PROPOSALS, extractor.out_channels, *box_size, device=image.device)
+    mask_features = torch.empty(NUM_DETECTIONS, mask_extractor.out_channels, *mask_size, device=image.device)
+    counts[f'box heads ({len(bbox_heads)} x {NUM_PROPOSALS} RoIs)'] = sum(
+        multiply_adds(head, box_features) for head in bbox_heads)
+    counts[f'mask heads ({len(mask_heads)} x {NUM_DETECTIONS} RoIs)'] = sum(
+        multiply_adds(head, mask_features) for head in mask_heads)
+    return counts
+
+
+def count_segmentor(model: torch.nn.Module, image: torch.Tensor) -> dict[str, int]:
+    """Multiply-adds of the backbone and decode head of an encoder-decoder."""
+    return {'backbone': multiply_adds(model.backbone, image),
+            'decode head': multiply_adds(model.decode_head, model.backbone(image))}
+
+
+def complexity(cfg: Config, shape: tuple[int, int] | None = None) -> tuple[int, dict[str, int]]:
+    """Number of parameters and multiply-adds per part of the model of ``cfg`` at ``shape`` (H, W)."""
+    model = build_model(cfg)
+    image = torch.empty(1, 3, *(shape or default_shape(cfg)), device='meta')
+    with torch.no_grad():
+        counts = count_detector(model, image) if cfg.default_scope == 'mmdet' else count_segmentor(model, image)
+    return sum(p.numel() for p in model.parameters()), counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), help='input height and width')
+    args = parser.parse_args()
+    cfg = Config.fromfile(args.config)
+    shape = tuple(args.shape) if args.shape else default_shape(cfg)
+    params, counts = complexity(cfg, shape)
+    print(f'{args.config} at {shape[0]}x{shape[1]}')
+    for part, macs in counts.items():
+        print(f'  {part:<32} {macs / 1e9:9.1f} G')
+    print(f'  {"total":<32} {sum(counts.values()) / 1e9:9.1f} G multiply-adds, {params / 1e6:.1f} M parameters')
+
+
+if __name__ == '__main__':
+    main()
