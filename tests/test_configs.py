@@ -27,8 +27,19 @@ PAPER = {
 }
 
 
+# ConvNeXt V2 paper: (params M or None where the paper does not give them, FLOPs G); 512 crops for UperNet.
+V2_PAPER = {
+    'det/mask_rcnn_convnextv2_b': (None, 486),
+    'det/mask_rcnn_convnextv2_l': (None, 875),
+    'det/mask_rcnn_convnextv2_h': (None, 2525),
+    'seg/upernet_convnextv2_b': (122, 1170),
+    'seg/upernet_convnextv2_l': (235, 1573),
+    'seg/upernet_convnextv2_h': (707, 3272),
+}
+
+
 def test_every_config_is_listed() -> None:
-    assert {f'configs/{name}.py' for name in PAPER} <= set(CONFIGS)
+    assert {f'configs/{name}.py' for name in [*PAPER, *V2_PAPER]} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize('path', CONFIGS)
@@ -68,6 +79,21 @@ def test_recipe_parameters_and_flops_match_the_paper(name: str) -> None:
     params, counts = complexity(cfg)
     assert round(params / 1e6) == params_m
     assert sum(counts.values()) / 1e9 == pytest.approx(flops_g, rel=0.03)
+
+
+@pytest.mark.parametrize('name', list(V2_PAPER))
+def test_v2_configs_match_the_v2_paper(name: str) -> None:
+    params_m, flops_g = V2_PAPER[name]
+    cfg = Config.fromfile(f'configs/{name}.py')
+    assert cfg.model.backbone.version == 'v2' and cfg.model.backbone.layer_scale_init_value is None
+    params, counts = complexity(cfg)
+    assert params_m is None or round(params / 1e6) == params_m
+    assert sum(counts.values()) / 1e9 == pytest.approx(flops_g, rel=0.03)
+    if name.startswith('det/'):  # 3x, batch 32 (4 x 8 GPUs), lr 1e-4, large-scale jitter 1024 at 0.1-2.0
+        assert (cfg.train_cfg.max_epochs, cfg.train_dataloader.batch_size * 8, cfg.auto_scale_lr.base_batch_size,
+                cfg.optim_wrapper.optimizer.lr) == (36, 32, 32, 1e-4)
+        jitter = cfg.train_pipeline[2]
+        assert (jitter.type, jitter.scale, jitter.ratio_range) == ('RandomResize', (1024, 1024), (0.1, 2.0))
 
 
 def test_detection_schedule_and_augmentation() -> None:
