@@ -1,13 +1,13 @@
-# The built-in demo data in COCO format (tools/demo_data.py), for the detection demo configs. The
-# values are named demo_* so that this file can sit beside a real config in `_base_` (mmengine does not
-# allow two bases to define the same key); the demo configs assign them to the real keys.
+# The built-in demo data in COCO format (tools/demo_data.py) and the CPU schedule, for the detection demo
+# configs. The values are named demo_* so that this file can sit beside a real config in `_base_`
+# (mmengine does not allow two bases to define the same key); the demo configs assign them to the real keys.
 demo_data_root = 'data/demo/coco/'
 demo_image_size = (128, 128)
 demo_metainfo = dict(
     classes=('circle', 'square', 'triangle', 'cross'),
     palette=[(220, 40, 40), (40, 190, 40), (30, 90, 220), (230, 210, 30)])
 demo_train_dataloader = dict(
-    batch_size=8,
+    batch_size=4,
     num_workers=0,
     persistent_workers=False,
     dataset=dict(
@@ -38,3 +38,13 @@ demo_val_dataloader = dict(
             dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
         ]))
 demo_val_evaluator = dict(ann_file=demo_data_root + 'annotations/instances_val.json')
+
+# 2 epochs of 150 iterations: a few minutes on 2 cores. AdamW and layer-wise decay as in the recipe.
+demo_max_epochs = 2
+demo_optim_wrapper = dict(optimizer=dict(lr=3e-4))
+demo_param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type='MultiStepLR', begin=0, end=demo_max_epochs, by_epoch=True, milestones=[demo_max_epochs], gamma=0.1),
+]
+demo_train_cfg = dict(max_epochs=demo_max_epochs, val_interval=1)
+demo_default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=demo_max_epochs, max_keep_ckpts=1))
