@@ -28,4 +28,6 @@ def test_quick_demo_trains_evaluates_and_reports(tmp_path) -> None:
     for output in ('summary.txt', 'curves.png', 'predictions.png', 'convnext_demo_pretrained.pth'):
         assert (work_dir / output).stat().st_size > 0
     assert 'box AP' in result.stdout and 'mIoU' in result.stdout
-    assert any((work_dir / 'mask_rcnn' / 'predictions').rglob('*.png'))
+    for model in metrics:  # one visualisation per held-out image (mmdet: .jpg like the input; mmseg: .png)
+        images = [p for p in (work_dir / model / 'predictions').rglob('*') if p.suffix in ('.jpg', '.png')]
+        assert len(images) == 16, model
