@@ -50,9 +50,16 @@ class CheckpointError(RuntimeError):
 
 
 def _refusal_message(path: str, error: Exception) -> str:
-    found = re.search(r'GLOBAL ([\w.]+ [\w.]+)|global[s]? ([\w.]+)', str(error))
-    name = next((g for g in found.groups() if g), 'an object') if found else 'an object'
-    return (f'Refusing to load {path}: it pickles {name.replace(" ", ".")}, which is not a tensor or part of an '
+    text = str(error)
+    if found := re.search(r'GLOBAL ([\w.]+) ([\w.]+)', text):
+        name = '.'.join(found.groups())
+    elif found := re.search(r'globals? ([\w.]+)', text):
+        name = found[1]
+    elif found := re.search(r'reduce for unrecognized function (.+?) which belongs', text):
+        name = f'a call of {found[1]}'
+    else:
+        name = 'an object'
+    return (f'Refusing to load {path}: it pickles {name}, which is not a tensor or part of an '
             f'mmengine checkpoint, and could run code when unpickled. If you trust the file, extract its '
             f'weights with `python tools/convert_checkpoint.py {path} OUT.pth --trust-pickle` and use OUT.pth.')
 

@@ -110,6 +110,32 @@ def test_checkpoint_with_pickled_callable_is_refused(tmp_path) -> None:
     assert not marker.exists()
 
 
+class _Fetched:
+    """Pickles as ``getattr(HistoryBuffer, '__subclasses__')``: allow-listed getattr on an allow-listed class."""
+
+    def __call__(self) -> None:
+        pass
+
+    def __reduce__(self):
+        from mmengine.logging.history_buffer import HistoryBuffer
+        return getattr, (HistoryBuffer, '__subclasses__')
+
+
+class _CallsFetched:
+    """Pickles as a call of what ``_Fetched`` fetched: the only way getattr could lead to code execution."""
+
+    def __reduce__(self):
+        return _Fetched(), ()
+
+
+def test_getattr_results_cannot_be_called(tmp_path) -> None:
+    path = tmp_path / 'chained.pth'
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': _CallsFetched()}, path)
+    refusal = r'Refusing to load .*chained\.pth: it pickles a call of <built-in method __subclasses__'
+    with pytest.raises(CheckpointError, match=refusal):
+        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+
+
 def test_missing_checkpoint_names_the_path(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match='Checkpoint not found: .*nope.pth. See checkpoints/README.md'):
         CheckpointLoader.load_checkpoint(str(tmp_path / 'nope.pth'), map_location='cpu')
