@@ -78,7 +78,7 @@ def test_recipe_parameters_and_flops_match_the_paper(name: str) -> None:
 
     params, counts = complexity(cfg)
     assert round(params / 1e6) == params_m
-    assert sum(counts.values()) / 1e9 == pytest.approx(flops_g, rel=0.03)
+    assert sum(counts.values()) / 1e9 == pytest.approx(flops_g, rel=0.01)
 
 
 @pytest.mark.parametrize('name', list(V2_PAPER))
@@ -88,7 +88,7 @@ def test_v2_configs_match_the_v2_paper(name: str) -> None:
     assert cfg.model.backbone.version == 'v2' and cfg.model.backbone.layer_scale_init_value is None
     params, counts = complexity(cfg)
     assert params_m is None or round(params / 1e6) == params_m
-    assert sum(counts.values()) / 1e9 == pytest.approx(flops_g, rel=0.03)
+    assert sum(counts.values()) / 1e9 == pytest.approx(flops_g, rel=0.01)
     if name.startswith('det/'):  # 3x, batch 32 (4 x 8 GPUs), lr 1e-4, large-scale jitter 1024 at 0.1-2.0
         assert (cfg.train_cfg.max_epochs, cfg.train_dataloader.batch_size * 8, cfg.auto_scale_lr.base_batch_size,
                 cfg.optim_wrapper.optimizer.lr) == (36, 32, 32, 1e-4)
