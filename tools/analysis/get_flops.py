@@ -45,28 +45,31 @@ def build_model(cfg: Config) -> torch.nn.Module:
 
 
 def default_shape(cfg: Config) -> tuple[int, int]:
+    """The papers' input (H, W): 800x1280 for detection, four crops wide for segmentation."""
     if cfg.default_scope == 'mmdet':
         return 800, 1280
     crop = cfg.model.test_cfg.get('crop_size', (512, 512))
     return crop[0], crop[0] * 4
 
 
+def per_stage(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The per-stage modules of a cascade RoI head part (a ModuleList), or the single module of Mask R-CNN."""
+    return list(module) if isinstance(module, torch.nn.ModuleList) else [module]
+
+
 def count_detector(model: torch.nn.Module, image: torch.Tensor) -> dict[str, int]:
     """Multiply-adds per part of a (Cascade) Mask R-CNN."""
     counts = {'backbone': multiply_adds(model.backbone, image)}
-    features = model.neck(model.backbone(image))
-    counts['neck'] = multiply_adds(model.neck, model.backbone(image))
-    counts['rpn head'] = multiply_adds(model.rpn_head, features)
+    stage_features = model.backbone(image)
+    counts['neck'] = multiply_adds(model.neck, stage_features)
+    counts['rpn head'] = multiply_adds(model.rpn_head, model.neck(stage_features))
     roi_head = model.roi_head
-    bbox_heads = roi_head.bbox_head if isinstance(roi_head.bbox_head, torch.nn.ModuleList) else [roi_head.bbox_head]
-    mask_heads = roi_head.mask_head if isinstance(roi_head.mask_head, torch.nn.ModuleList) else [roi_head.mask_head]
-    extractor = roi_head.bbox_roi_extractor
-    extractor = extractor[0] if isinstance(extractor, torch.nn.ModuleList) else extractor
-    mask_extractor = roi_head.mask_roi_extractor
-    mask_extractor = mask_extractor[0] if isinstance(mask_extractor, torch.nn.ModuleList) else mask_extractor
-    box_size, mask_size = extractor.roi_layers[0].output_size, mask_extractor.roi_layers[0].output_size
-    box_features = torch.empty(NUM_PROPOSALS, extractor.out_channels, *box_size, device=image.device)
-    mask_features = torch.empty(NUM_DETECTIONS, mask_extractor.out_channels, *mask_size, device=image.device)
+    bbox_heads, mask_heads = per_stage(roi_head.bbox_head), per_stage(roi_head.mask_head)
+    box_extractor, mask_extractor = per_stage(roi_head.bbox_roi_extractor)[0], per_stage(roi_head.mask_roi_extractor)[0]
+    box_features = torch.empty(NUM_PROPOSALS, box_extractor.out_channels, *box_extractor.roi_layers[0].output_size,
+                               device=image.device)
+    mask_features = torch.empty(NUM_DETECTIONS, mask_extractor.out_channels, *mask_extractor.roi_layers[0].output_size,
+                                device=image.device)
     counts[f'box heads ({len(bbox_heads)} x {NUM_PROPOSALS} RoIs)'] = sum(
         multiply_adds(head, box_features) for head in bbox_heads)
     counts[f'mask heads ({len(mask_heads)} x {NUM_DETECTIONS} RoIs)'] = sum(
