@@ -112,8 +112,9 @@ def generate(out: Path, num_train: int, num_val: int, image_size: int, seed: int
         for index in range(count):
             image, instances = make_scene(rng, image_size)
             name = f'{coco_split}_{index:05d}'
-            cv2.imwrite(str(out / 'coco' / coco_split / f'{name}.jpg'), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            shutil.copyfile(out / 'coco' / coco_split / f'{name}.jpg', out / 'ade' / 'images' / ade_split / f'{name}.jpg')
+            image_path = out / 'coco' / coco_split / f'{name}.jpg'
+            cv2.imwrite(str(image_path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            shutil.copyfile(image_path, out / 'ade' / 'images' / ade_split / image_path.name)
             semantic = np.ones((image_size, image_size), np.uint8)  # 1 = background
             images.append(dict(id=index + 1, file_name=f'{name}.jpg', width=image_size, height=image_size))
             for label, mask in instances:
