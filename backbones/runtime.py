@@ -1,6 +1,6 @@
 """Config preparation shared by ``tools/train.py`` and ``tools/test.py`` (mmdet and mmseg alike).
 
-* :func:`load_config`: read a config and apply ``--cfg-options``.
+* :func:`load_config`: read a config, apply ``--cfg-options`` and set the launcher and work dir.
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the README section.
 * :func:`adapt_to_cpu`: run the paper's GPU recipes on a machine without CUDA: fp32 instead of AMP
@@ -26,11 +26,22 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset file or folder that a config needs does not exist."""
 
 
-def load_config(path: str, cfg_options: dict | None = None) -> Config:
-    """Read ``path`` and merge ``cfg_options`` (``--cfg-options key=value`` pairs) into it."""
+def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'none',
+                work_dir: str | None = None) -> Config:
+    """Read a config for a run of the tools.
+
+    Args:
+        path: The config file.
+        cfg_options: ``--cfg-options key=value`` pairs, merged into the config.
+        launcher: The job launcher (``none``, ``pytorch``, ``slurm`` or ``mpi``).
+        work_dir: Folder for checkpoints and logs; by default the config's own ``work_dir``, else
+            ``work_dirs/<config name>``.
+    """
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join('work_dirs', osp.splitext(osp.basename(path))[0])
     return cfg
 
 

@@ -16,6 +16,7 @@ import warnings
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
+from mmengine.config import Config  # noqa: E402
 from mmengine.model import BaseTTAModel, is_model_wrapper  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -41,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def enable_outputs(cfg, out: str | None, show_dir: str | None) -> None:
+def enable_outputs(cfg: Config, out: str | None, show_dir: str | None) -> None:
     """Raw-result dumping and visualisation, in the way each framework names them."""
     is_det = cfg.default_scope == 'mmdet'
     if out and is_det:
@@ -61,7 +62,8 @@ def enable_outputs(cfg, out: str | None, show_dir: str | None) -> None:
             cfg.visualizer.save_dir = show_dir
 
 
-def enable_tta(cfg) -> None:
+def enable_tta(cfg: Config) -> None:
+    """Swap in the config's TTA model and pipeline (multi-scale + flip)."""
     if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
         raise SystemExit(f'error: --tta needs tta_model and tta_pipeline in the config; {cfg.filename} has none.')
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
@@ -71,9 +73,7 @@ def enable_tta(cfg) -> None:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     cfg.load_from = None  # loaded below, strictly and in any supported format
     enable_outputs(cfg, args.out, args.show_dir)
     if args.tta:

@@ -8,7 +8,6 @@ the latest checkpoint there; --resume CKPT from that file. On a machine without 
 fp32 (AMP needs a GPU). Multi-GPU and multi-node: tools/dist_train.sh, tools/slurm_train.sh.
 """
 import argparse
-import os.path as osp
 import warnings
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
@@ -35,9 +34,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
