@@ -5,8 +5,8 @@ ConvNets with Masked Autoencoders" (arXiv 2301.00808).
 
 The network itself is timm's ``ConvNeXt`` (stem, stages, blocks, LayerScale, GRN, drop path,
 gradient checkpointing). This module adapts it to the OpenMMLab backbone contract: it returns the
-stage features of ``out_indices`` (strides 4, 8, 16, 32), each through its own channels-first
-LayerNorm as the official detection/segmentation backbone does, supports ``frozen_stages`` and
+stage features of ``out_indices`` (strides 4, 8, 16, 32) as contiguous NCHW tensors, each through its
+own channels-first LayerNorm as the official detection/segmentation backbone does, supports ``frozen_stages`` and
 ``init_cfg=dict(type='Pretrained', ...)`` with any released checkpoint format
 (see :mod:`backbones.checkpoint`), and maps its parameter names to LR-decay layer ids.
 """
@@ -163,9 +163,15 @@ class ConvNeXt(BaseModule):
         return stage_outputs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Return the normalised features of ``out_indices`` as NCHW tensors."""
+        """Return the normalised features of ``out_indices`` as contiguous NCHW tensors.
+
+        timm's ``LayerNorm2d`` normalises in NHWC and permutes back, which leaves channels_last
+        strides; a channels_last input does the same. Compiled ops downstream (mmcv's RoIAlign on the
+        FPN levels built from these features) read the storage as contiguous NCHW whatever the
+        strides, so every output is made contiguous here, once, for every consumer.
+        """
         stage_outputs = self.forward_stages(x)
-        return tuple(self.out_norms[i](stage_outputs[i]) for i in self.out_indices)
+        return tuple(self.out_norms[i](stage_outputs[i]).contiguous() for i in self.out_indices)
 
     def _freeze_stages(self) -> None:
         frozen = [self.stem, *self.stages[:self.frozen_stages]] if self.frozen_stages else []

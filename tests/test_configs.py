@@ -134,3 +134,46 @@ def test_segmentation_schedule_heads_and_evaluation() -> None:
     assert ratios == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     large = Config.fromfile('configs/seg/upernet_convnext_l_in22k.py')
     assert large.model.test_cfg.stride == (426, 426) and large.train_pipeline[2].scale == (2560, 640)
+
+
+@pytest.mark.parametrize('path', ['configs/det/mask_rcnn_convnext_t.py', 'configs/det/cascade_convnext_t.py'])
+def test_compiled_ops_receive_contiguous_tensors(path: str, monkeypatch) -> None:
+    """mmcv's compiled ops (RoIAlign, nms) index their inputs' storage as contiguous NCHW whatever the
+    strides: every tensor handed to them in a training step and a test step must be contiguous."""
+    import mmcv._ext
+    import torch
+    from mmdet.testing import demo_mm_inputs
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, init_default_scope
+
+    calls, strided = [], []
+
+    def recording(name: str, op):
+        def call(*args, **kwargs):
+            calls.append(name)
+            strided.extend(f'{name} argument {i}: shape {tuple(v.shape)}, strides {v.stride()}'
+                           for i, v in enumerate([*args, *kwargs.values()])
+                           if isinstance(v, torch.Tensor) and not v.is_contiguous())
+            return op(*args, **kwargs)
+        return call
+
+    for name in dir(mmcv._ext):  # every mmcv op module calls its kernels through this one extension module
+        if not name.startswith('_') and callable(getattr(mmcv._ext, name)):
+            monkeypatch.setattr(mmcv._ext, name, recording(name, getattr(mmcv._ext, name)))
+
+    cfg = Config.fromfile(path)
+    init_default_scope('mmdet')
+    cfg.model.backbone.init_cfg = None
+    cfg.model.test_cfg.rcnn.score_thr = 0.0  # an untrained detector: keep its boxes for the mask head
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    packed = demo_mm_inputs(batch_size=2, image_shapes=[(3, 160, 224), (3, 192, 160)], num_items=[3, 2],
+                            num_classes=80, with_mask=True)
+    model.train()
+    losses = model(**model.data_preprocessor(packed, True), mode='loss')
+    sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if 'loss' in k).backward()
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(packed, False), mode='predict')
+    assert all(len(r.pred_instances) > 0 for r in results)
+    assert {'roi_align_forward', 'roi_align_backward', 'nms'} <= set(calls)
+    assert not strided, strided[:5]

@@ -142,3 +142,29 @@ def test_buildable_from_mmdet_and_mmseg_registries(scope: str) -> None:
         constructor_cls = OPTIM_WRAPPER_CONSTRUCTORS.get('LRDecayOptimWrapperConstructor')
     assert type(backbone) is ConvNeXt and backbone.version == 'v2'
     assert constructor_cls.__module__ == 'backbones.layer_decay'
+
+
+LAYOUT_CASES = {
+    'v1-tiny': dict(arch='tiny'),
+    'v2-atto': dict(arch='atto', version='v2'),
+    'custom-v2-with-cp': dict(arch=TINY_ARCH, version='v2', with_cp=True, drop_path_rate=0.1),
+    'custom-frozen-2': dict(arch=TINY_ARCH, frozen_stages=2),
+    'custom-out-1-3': dict(arch=TINY_ARCH, out_indices=(1, 3)),
+    'custom-out-2': dict(arch=TINY_ARCH, out_indices=(2,)),
+}
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+@pytest.mark.parametrize('kwargs', list(LAYOUT_CASES.values()), ids=list(LAYOUT_CASES))
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc-input'])
+def test_every_output_is_contiguous_nchw(kwargs: dict, mode: str, memory_format: torch.memory_format) -> None:
+    # mmcv's compiled ops (RoIAlign) read a feature map's storage as contiguous NCHW whatever its strides.
+    backbone = ConvNeXt(**kwargs).train(mode == 'train')
+    for batch, height, width in ((1, 67, 93), (2, 64, 96)):
+        image = torch.randn(batch, 3, height, width).to(memory_format=memory_format)
+        with torch.set_grad_enabled(mode == 'train'):
+            outputs = backbone(image)
+        assert len(outputs) == len(backbone.out_indices)
+        for output, channels in zip(outputs, backbone.out_channels):
+            assert output.shape[:2] == (batch, channels)
+            assert output.is_contiguous(), (output.shape, output.stride())

@@ -13,6 +13,9 @@ from tests.helpers import TINY_ARCH, randomize, to_fcmae, to_official
 def convert(monkeypatch, *argv: str) -> None:
     monkeypatch.setattr(sys, 'argv', ['convert_checkpoint.py', *argv])
     runpy.run_path('tools/convert_checkpoint.py', run_name='__main__')
+    written = torch.load(argv[1], weights_only=True)['state_dict']
+    for key, value in written.items():  # plain tensors, not views into a larger or permuted storage
+        assert value.is_contiguous() and value.untyped_storage().nbytes() == value.numel() * value.element_size(), key
 
 
 def test_fcmae_converts_to_a_loadable_backbone(tmp_path, monkeypatch, capsys) -> None:
