@@ -59,7 +59,7 @@ model = dict(
 
 optim_wrapper = {{_base_.demo_optim_wrapper}}
 param_scheduler = {{_base_.demo_param_scheduler}}
-train_cfg = dict(max_epochs=1, val_interval=2)  # three box heads: half the Mask R-CNN demo iterations; test only
+train_cfg = {{_base_.demo_train_cfg}}
 default_hooks = {{_base_.demo_default_hooks}}
 auto_scale_lr = dict(enable=False)
 randomness = dict(seed=0)  # the same demo result on every run of a machine
