@@ -3,7 +3,8 @@
 Importing this package (``custom_imports=dict(imports=['backbones'])`` in a config) registers
 ``ConvNeXt`` in mmengine's root ``MODELS`` registry and ``LRDecayOptimWrapperConstructor`` in its
 root ``OPTIM_WRAPPER_CONSTRUCTORS``, which the mmdet and mmseg registries both fall back to, and
-makes checkpoints written by mmengine's Runner loadable with ``weights_only=True``.
+routes mmengine's loading of local checkpoints through a loader that runs no code from the file
+(:mod:`backbones.checkpoint_io`).
 """
 from .checkpoint import ConvertedWeights, convert_state_dict, load_backbone_weights, read_checkpoint
 from .convnext import ConvNeXt

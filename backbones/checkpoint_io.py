@@ -1,31 +1,45 @@
-"""Checkpoint I/O policy: safe loading for torch >= 2.6 and mmengine 0.10.7, atomic writes.
+"""Checkpoint I/O policy: loading that runs no code from the file, atomic writes.
 
-torch >= 2.6 loads with ``weights_only=True`` by default, which refuses every pickled global that is
-not on an allow-list. mmengine 0.10.7 calls ``torch.load`` without the argument, and a checkpoint
-written by its Runner pickles its message hub (``HistoryBuffer`` objects holding numpy arrays and
-references to their statistic methods), so resume, ``load_from`` and ``tools/test.py CKPT`` fail.
+torch >= 2.6 loads with ``weights_only=True``: its unpickler builds only tensors, containers and
+allow-listed globals. mmengine 0.10.7 calls ``torch.load`` without the argument, and a checkpoint
+written by its Runner pickles its message hub: ``HistoryBuffer`` objects holding numpy arrays, whose
+state carries the statistic methods pickled as ``getattr(HistoryBuffer, 'mean')``.
 
-Importing this module (done by ``import backbones``) fixes that once:
+Allow-listing ``HistoryBuffer`` and ``builtins.getattr`` would make those load, and would make
+loading run code: ``getattr`` reaches the builtins module from any object (``getattr(getattr,
+'__self__')``), and the unpickler's BUILD calls ``HistoryBuffer.__setstate__``, which writes the
+file's callables into the class-wide statistics table. So neither is allow-listed. Instead, only
+while :func:`load_local_checkpoint` unpickles, the two names a Runner checkpoint uses resolve to inert
+stand-ins:
 
-* :data:`RUNNER_CHECKPOINT_GLOBALS`, exactly the globals a Runner checkpoint contains, are added to
-  torch's allow-list. ``builtins.getattr`` is among them because pickle stores the bound statistic
-  methods as ``getattr(HistoryBuffer, 'min')``; the weights-only unpickler still refuses to *call*
-  anything that is not allow-listed, so this adds no code execution path during loading.
-* mmengine's loader for local files is replaced by :func:`load_local_checkpoint`, which always loads
-  with ``weights_only=True`` and turns a refusal into an error that names the offending global and
-  what to do. Any checkpoint that pickles another object (a callable, a custom class) is refused.
+* ``mmengine.logging.history_buffer.HistoryBuffer`` -> :class:`StoredHistoryBuffer`, a class without
+  methods: BUILD only fills its ``__dict__`` with the stored (already unpickled, hence inert) data.
+* ``builtins.getattr`` -> :func:`statistic_reference`, which returns the method name for
+  ``getattr(HistoryBuffer, '<public name>')`` and refuses every other use.
+
+After unpickling, each stand-in is rebuilt into a real ``HistoryBuffer`` from its numbers (log and
+count histories, max length); the stored statistic methods are dropped, so the class-wide table is
+never touched (mmengine registers its own at import). This keeps mmengine's checkpoint format as it
+is: checkpoints we write are ordinary mmengine checkpoints, and mmengine checkpoints load here.
+
+mmengine's ``Runner.resume`` also passes ``checkpoint['meta']['config']`` to ``Config.fromstring``,
+which executes it as Python. :func:`load_local_checkpoint` moves that text to
+``meta['config_text']``: kept for reading, never executed.
+
+:func:`load_local_checkpoint` replaces mmengine's loader for local files; a file that pickles any
+other global is refused with an error naming it.
 
 mmengine writes checkpoints with its local file backend, which opens the final path and writes into
 it: a crash or a full disk mid-write leaves a truncated checkpoint under the real name, which resume
 then picks up. :class:`AtomicLocalBackend` replaces that backend: every write goes to a temporary file
 in the same folder and is renamed over the target only when complete.
 """
-import builtins
 import os
 import pickle
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,16 +47,33 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
-RUNNER_CHECKPOINT_GLOBALS = [
-    HistoryBuffer,
+HISTORY_BUFFER_NAME = 'mmengine.logging.history_buffer.HistoryBuffer'
+NUMPY_GLOBALS = [
     np.ndarray,
     np.dtype,
     np._core.multiarray._reconstruct,
     np._core.multiarray.scalar,
     # numpy 2 pickles a dtype through its class, e.g. numpy.dtypes.Float64DType.
     *(getattr(np.dtypes, name) for name in np.dtypes.__all__),
-    builtins.getattr,
 ]
+
+
+class StoredHistoryBuffer:
+    """A pickled ``HistoryBuffer`` as inert data, until :func:`restore_history_buffers` rebuilds it."""
+
+
+def statistic_reference(owner: Any, name: Any) -> str:
+    """Stand-in for ``builtins.getattr`` while unpickling: the name of a ``HistoryBuffer`` method.
+
+    Raises:
+        pickle.UnpicklingError: For any other use of ``getattr`` (another object, a private name).
+    """
+    if owner is StoredHistoryBuffer and isinstance(name, str) and re.fullmatch(r'[a-z][a-z0-9_]*', name):
+        return name
+    raise pickle.UnpicklingError(f'GLOBAL builtins.getattr used on {type(owner).__name__} {name!r}')
+
+
+LOAD_GLOBALS = [*NUMPY_GLOBALS, (StoredHistoryBuffer, HISTORY_BUFFER_NAME), (statistic_reference, 'builtins.getattr')]
 
 
 class CheckpointError(RuntimeError):
@@ -51,8 +82,8 @@ class CheckpointError(RuntimeError):
 
 def _refusal_message(path: str, error: Exception) -> str:
     text = str(error)
-    if found := re.search(r'GLOBAL ([\w.]+) ([\w.]+)', text):
-        name = '.'.join(found.groups())
+    if found := re.search(r'GLOBAL ([\w.]+)', text):
+        name = found[1]
     elif found := re.search(r'globals? ([\w.]+)', text):
         name = found[1]
     elif found := re.search(r'reduce for unrecognized function (.+?) which belongs', text):
@@ -64,8 +95,32 @@ def _refusal_message(path: str, error: Exception) -> str:
             f'weights with `python tools/convert_checkpoint.py {path} OUT.pth --trust-pickle` and use OUT.pth.')
 
 
-def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None) -> dict:
+def _history_buffer(stored: StoredHistoryBuffer) -> HistoryBuffer:
+    """A real ``HistoryBuffer`` with the numbers of ``stored``; its statistic methods are not used."""
+    state = vars(stored)
+    logs, counts, max_length = (state.get(key) for key in ('_log_history', '_count_history', 'max_length'))
+    if not (isinstance(logs, np.ndarray) and isinstance(counts, np.ndarray) and isinstance(max_length, int)
+            and logs.ndim == counts.ndim == 1 and len(logs) == len(counts)
+            and logs.dtype.kind in 'biuf' and counts.dtype.kind in 'biuf'):
+        raise CheckpointError('its message hub holds a HistoryBuffer that is not one of numbers')
+    return HistoryBuffer(logs.tolist(), counts.tolist(), max_length)
+
+
+def restore_history_buffers(value: Any) -> None:
+    """Rebuild, in place, every :class:`StoredHistoryBuffer` held in the dicts and lists of ``value``."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in list(items):
+        if isinstance(item, StoredHistoryBuffer):
+            value[key] = _history_buffer(item)
+        else:
+            restore_history_buffers(item)
+
+
+def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None) -> Any:
     """Load a local checkpoint with ``weights_only=True`` (mmengine's loader for plain paths).
+
+    Runner checkpoints load through the stand-ins of the module docstring; ``meta['config']`` becomes
+    ``meta['config_text']`` so that resuming never executes it.
 
     Args:
         filename: Path of the checkpoint file (``~`` is expanded).
@@ -73,16 +128,24 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
 
     Raises:
         FileNotFoundError: The file does not exist.
-        CheckpointError: The file pickles a global outside the allow-list.
+        CheckpointError: The file pickles a global outside the allow-list, or misuses a stand-in.
     """
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'Checkpoint not found: {filename}. See checkpoints/README.md for the official '
                                 f'weights and where to put them.')
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(LOAD_GLOBALS):
+            checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
+        restore_history_buffers(checkpoint)
     except pickle.UnpicklingError as error:
         raise CheckpointError(_refusal_message(filename, error)) from None
+    except CheckpointError as error:
+        raise CheckpointError(f'Refusing to load {filename}: {error}.') from None
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    if isinstance(meta, dict) and 'config' in meta:
+        meta['config_text'] = meta.pop('config')
+    return checkpoint
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
@@ -114,6 +177,5 @@ class AtomicLocalBackend(LocalBackend):
         write_atomic(filepath, obj.encode(encoding))
 
 
-torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_GLOBALS)
 CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
 register_backend('local', AtomicLocalBackend, force=True, prefixes='')

@@ -110,30 +110,73 @@ def test_checkpoint_with_pickled_callable_is_refused(tmp_path) -> None:
     assert not marker.exists()
 
 
-class _Fetched:
-    """Pickles as ``getattr(HistoryBuffer, '__subclasses__')``: allow-listed getattr on an allow-listed class."""
+class _Call:
+    """Pickles as ``func(*args)``: a building block for hand-made malicious pickles."""
 
-    def __call__(self) -> None:
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __call__(self) -> None:  # pickle writes a call only of something callable
         pass
 
     def __reduce__(self):
-        from mmengine.logging.history_buffer import HistoryBuffer
-        return getattr, (HistoryBuffer, '__subclasses__')
+        return self.func, self.args
 
 
-class _CallsFetched:
-    """Pickles as a call of what ``_Fetched`` fetched: the only way getattr could lead to code execution."""
-
-    def __reduce__(self):
-        return _Fetched(), ()
+def _builtin_via_getattr(name: str) -> _Call:
+    """``getattr(getattr(getattr, '__self__'), name)``: the builtins module reached from getattr alone."""
+    return _Call(getattr, _Call(getattr, getattr, '__self__'), name)
 
 
-def test_getattr_results_cannot_be_called(tmp_path) -> None:
+def test_getattr_cannot_reach_builtins(tmp_path) -> None:
+    marker = tmp_path / 'executed'
     path = tmp_path / 'chained.pth'
-    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': _CallsFetched()}, path)
-    refusal = r'Refusing to load .*chained\.pth: it pickles a call of <built-in method __subclasses__'
-    with pytest.raises(CheckpointError, match=refusal):
+    payload = _Call(_builtin_via_getattr('exec'), f"open({str(marker)!r}, 'w').write('ran')")
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': payload}, path)
+    with pytest.raises(CheckpointError, match=r'Refusing to load .*chained\.pth: it pickles builtins\.getattr,'):
         CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    assert not marker.exists()
+
+
+def _save_history_buffer_with_state(path, state: dict, monkeypatch) -> None:
+    """A checkpoint whose message hub holds a HistoryBuffer that unpickles with ``state`` (pickle BUILD)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    with monkeypatch.context() as patch:
+        patch.setattr(HistoryBuffer, '__getstate__', lambda self: state)
+        torch.save({'state_dict': {'w': torch.zeros(1)},
+                    'message_hub': {'log_scalars': {'train/loss': HistoryBuffer()}}}, path)
+
+
+@pytest.mark.parametrize('poison', ['max', 'exit'])
+def test_checkpoint_cannot_rewrite_the_history_buffer_statistics(tmp_path, monkeypatch, poison: str) -> None:
+    """mmengine's HistoryBuffer.__setstate__ copies the pickled statistic methods into a class-wide table that
+    every later buffer calls; a checkpoint must not be able to put anything there."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    HistoryBuffer()  # registers mmengine's own statistic methods
+    table = dict(HistoryBuffer._statistics_methods)
+    method = HistoryBuffer.max if poison == 'max' else _builtin_via_getattr('exit')
+    state = {'max_length': 10, '_log_history': np.array([1.0, 3.0]), '_count_history': np.array([1, 1]),
+             'statistics_methods': {'mean': method}}
+    path = tmp_path / 'poisoned.pth'
+    _save_history_buffer_with_state(path, state, monkeypatch)
+    if poison == 'max':  # only a reference to HistoryBuffer.max: loads, and is not used
+        buffer = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')['message_hub']['log_scalars']
+        assert type(buffer['train/loss']) is HistoryBuffer and buffer['train/loss'].mean() == 2.0
+    else:
+        with pytest.raises(CheckpointError, match='it pickles builtins.getattr'):
+            CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    assert HistoryBuffer._statistics_methods == table
+    fresh = HistoryBuffer([4.0, 6.0], [1, 1])
+    assert fresh.mean() == 5.0 and fresh.max() == 6.0
+
+
+def test_history_buffer_of_non_numbers_is_refused(tmp_path, monkeypatch) -> None:
+    state = {'max_length': 10, '_log_history': 'not numbers', '_count_history': np.array([1])}
+    _save_history_buffer_with_state(tmp_path / 'odd.pth', state, monkeypatch)
+    with pytest.raises(CheckpointError, match='odd.pth: its message hub holds a HistoryBuffer that is not one of'):
+        CheckpointLoader.load_checkpoint(str(tmp_path / 'odd.pth'), map_location='cpu')
 
 
 def test_missing_checkpoint_names_the_path(tmp_path) -> None:
@@ -183,28 +226,44 @@ def _toy_runner(work_dir, max_epochs: int, **kwargs) -> Runner:
         **kwargs)
 
 
-def test_runner_checkpoint_round_trips_with_weights_only(tmp_path) -> None:
+def test_runner_checkpoint_loads_and_resumes_without_widening_torch_load(tmp_path) -> None:
     runner = _toy_runner(tmp_path, max_epochs=1)
     runner.train()
     path = tmp_path / 'epoch_1.pth'
-    allowed = torch.serialization.get_safe_globals()
-    torch.serialization.clear_safe_globals()
-    try:  # what plain torch.load would refuse
-        refused = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    finally:
-        torch.serialization.add_safe_globals(allowed)
-    assert 'mmengine.logging.history_buffer.HistoryBuffer' in refused
-    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []
+    # Importing backbones allow-lists nothing for torch.load itself: plain weights-only loading still refuses.
+    assert 'mmengine.logging.history_buffer.HistoryBuffer' in torch.serialization.get_unsafe_globals_in_checkpoint(
+        str(path))
 
     checkpoint = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
     assert checkpoint['meta']['epoch'] == 1
     torch.testing.assert_close(checkpoint['state_dict']['linear.weight'], runner.model.linear.weight.detach())
-    log_scalars = checkpoint['message_hub']['log_scalars']
-    assert log_scalars['train/loss'].current() == runner.message_hub.get_scalar('train/loss').current()
+    loss, expected = checkpoint['message_hub']['log_scalars']['train/loss'], runner.message_hub.get_scalar('train/loss')
+    np.testing.assert_array_equal(loss.data[0], expected.data[0])
+    assert (loss.current(), loss.mean(), loss.max_length) == (expected.current(), expected.mean(), expected.max_length)
 
     resumed = _toy_runner(tmp_path / 'resumed', max_epochs=2, resume=True, load_from=str(path))
     resumed.train()
     assert resumed.iter == 8 and resumed.epoch == 2
+
+
+def test_resume_never_executes_the_stored_config(tmp_path) -> None:
+    """mmengine's Runner.resume runs ``Config.fromstring(checkpoint['meta']['config'])``, i.e. Python from the file."""
+    runner = _toy_runner(tmp_path, max_epochs=1)
+    runner.train()
+    marker = tmp_path / 'executed'
+    checkpoint = CheckpointLoader.load_checkpoint(str(tmp_path / 'epoch_1.pth'), map_location='cpu')
+    checkpoint['meta']['config'] = f"open({str(marker)!r}, 'w').write('ran')\ngpu_ids = [0]\n"
+    checkpoint['meta'].pop('config_text', None)
+    checkpoint['message_hub'] = {'log_scalars': {}, 'runtime_info': {}, 'resumed_keys': {}}
+    torch.save(checkpoint, tmp_path / 'tampered.pth')
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / 'tampered.pth')) == []  # plain data
+
+    resumed = _toy_runner(tmp_path / 'resumed', max_epochs=2, resume=True, load_from=str(tmp_path / 'tampered.pth'))
+    resumed.train()
+    assert not marker.exists()
+    assert resumed.epoch == 2
+    loaded = CheckpointLoader.load_checkpoint(str(tmp_path / 'tampered.pth'), map_location='cpu')
+    assert 'config' not in loaded['meta'] and 'gpu_ids' in loaded['meta']['config_text']
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch) -> None:
