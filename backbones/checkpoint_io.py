@@ -27,7 +27,9 @@ which executes it as Python. :func:`load_local_checkpoint` moves that text to
 ``meta['config_text']``: kept for reading, never executed.
 
 :func:`load_local_checkpoint` replaces mmengine's loader for local files; a file that pickles any
-other global is refused with an error naming it.
+other global is refused with an error naming it, and a file that is not a checkpoint at all (empty,
+truncated, an image, another zip) gets one line saying so. ``.safetensors`` files, which hold only
+tensors and string metadata, are read without any unpickling.
 
 mmengine writes checkpoints with its local file backend, which opens the final path and writes into
 it: a crash or a full disk mid-write leaves a truncated checkpoint under the real name, which resume
@@ -38,10 +40,12 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import torch
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
@@ -80,8 +84,50 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used, with the reason and the fix in the message."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that does not exist."""
+
+
+# What a file that is not a checkpoint starts with, for the one-line error.
+IMAGE_SIGNATURES = {b'\xff\xd8\xff': 'a JPEG image', b'\x89PNG': 'a PNG image', b'GIF8': 'a GIF image',
+                    b'RIFF': 'a RIFF (WebP or video) file', b'BM': 'a BMP image'}
+ZIP_SIGNATURE = b'PK\x03\x04'
+PICKLE_PROTOCOL_OPCODE = b'\x80'  # how torch's legacy format and plain pickles start
+
+
+def _unusable_file(path: str) -> str | None:
+    """Why ``path`` cannot be a PyTorch checkpoint, judged from its size and first bytes; None if it may be one."""
+    if os.path.isdir(path):
+        return 'it is a directory, not a checkpoint file'
+    size = os.path.getsize(path)
+    if size == 0:
+        return 'it is empty (0 bytes): it was not written completely; use another checkpoint'
+    with open(path, 'rb') as file:
+        head = file.read(8)
+    for signature, kind in IMAGE_SIGNATURES.items():
+        if head.startswith(signature):
+            return f'it is {kind}, not a checkpoint'
+    if head.startswith(ZIP_SIGNATURE):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return f'it is a truncated or damaged PyTorch archive ({size} bytes); use another checkpoint'
+        if not any(name.endswith('/data.pkl') for name in names):
+            return f'it is a zip archive without data.pkl, not a PyTorch checkpoint ({len(names)} files)'
+        return None
+    if head.startswith(PICKLE_PROTOCOL_OPCODE):
+        return None
+    kind = 'text' if head.isascii() and head.decode('ascii').isprintable() else 'data'
+    return f'it is not a PyTorch checkpoint ({size} bytes of {kind} starting {head!r})'
+
+
 def _refusal_message(path: str, error: Exception) -> str:
+    """A refused global (offer ``--trust-pickle``) or a pickle that does not parse (the file is damaged)."""
     text = str(error)
+    if not re.search(r'GLOBAL|[Gg]lobal|reduce for unrecognized function', text):
+        size = os.path.getsize(path)
+        return f'Cannot load {path}: its pickled data is damaged ({size} bytes; {text.splitlines()[0][:120]}).'
     if found := re.search(r'GLOBAL ([\w.]+)', text):
         name = found[1]
     elif found := re.search(r'globals? ([\w.]+)', text):
@@ -116,8 +162,24 @@ def restore_history_buffers(value: Any) -> None:
             restore_history_buffers(item)
 
 
+def _load_safetensors(filename: str, map_location: str | torch.device | None) -> dict:
+    """A ``.safetensors`` file (tensors and string metadata only, nothing to unpickle) as a checkpoint dict."""
+    if os.path.isdir(filename):
+        raise CheckpointError(f'Cannot load {filename}: it is a directory, not a checkpoint file.')
+    device = str(map_location) if isinstance(map_location, (str, torch.device)) else 'cpu'
+    try:
+        with safetensors.safe_open(filename, framework='pt', device=device) as file:
+            return {'state_dict': {key: file.get_tensor(key) for key in file.keys()}, 'meta': file.metadata() or {}}
+    except (safetensors.SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f'Cannot load {filename}: it is not a valid safetensors file '
+                              f'({os.path.getsize(filename)} bytes; {str(error).splitlines()[0][:100]}).') from None
+
+
 def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None) -> Any:
     """Load a local checkpoint with ``weights_only=True`` (mmengine's loader for plain paths).
+
+    A ``.safetensors`` file is read with safetensors (no pickle at all) as ``{'state_dict': tensors,
+    'meta': its string metadata}``.
 
     Runner checkpoints load through the stand-ins of the module docstring; ``meta['config']`` becomes
     ``meta['config_text']`` so that resuming never executes it.
@@ -127,13 +189,18 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
         map_location: As for :func:`torch.load`.
 
     Raises:
-        FileNotFoundError: The file does not exist.
-        CheckpointError: The file pickles a global outside the allow-list, or misuses a stand-in.
+        CheckpointNotFoundError: The file does not exist.
+        CheckpointError: The file is not a readable PyTorch checkpoint (empty, truncated, an image, ...),
+            pickles a global outside the allow-list, or misuses a stand-in; one line naming the file.
     """
     filename = os.path.expanduser(filename)
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f'Checkpoint not found: {filename}. See checkpoints/README.md for the official '
-                                f'weights and where to put them.')
+    if not os.path.exists(filename):
+        raise CheckpointNotFoundError(f'Checkpoint not found: {filename}. See checkpoints/README.md for the '
+                                      'official weights and where to put them.')
+    if filename.endswith('.safetensors'):
+        return _load_safetensors(filename, map_location)
+    if reason := _unusable_file(filename):
+        raise CheckpointError(f'Cannot load {filename}: {reason}.')
     try:
         with torch.serialization.safe_globals(LOAD_GLOBALS):
             checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
@@ -142,6 +209,11 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
         raise CheckpointError(_refusal_message(filename, error)) from None
     except CheckpointError as error:
         raise CheckpointError(f'Refusing to load {filename}: {error}.') from None
+    except (RuntimeError, EOFError, KeyError, ValueError, UnicodeDecodeError) as error:
+        if isinstance(error, RuntimeError) and not re.search(r'PytorchStreamReader|inline_container|unexpected EOF|corrupted', str(error)):
+            raise  # not the file's fault (e.g. a CUDA map_location without a GPU)
+        raise CheckpointError(f'Cannot load {filename}: it is truncated or damaged ({os.path.getsize(filename)} '
+                              f'bytes; {type(error).__name__}); use another checkpoint.') from None
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     if isinstance(meta, dict) and 'config' in meta:
         meta['config_text'] = meta.pop('config')
@@ -152,17 +224,26 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: ``path`` holds either its old
     content or all of ``data``, never a part."""
     path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         with os.fdopen(fd, 'wb') as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(tmp_path, 0o666 & ~umask)  # the mode open() would give, not mkstemp's 0600
         os.replace(tmp_path, path)
     except BaseException:
         os.unlink(tmp_path)
         raise
+    folder_fd = os.open(folder, os.O_RDONLY)
+    try:  # make the rename itself durable
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
 
 
 class AtomicLocalBackend(LocalBackend):

@@ -1,6 +1,7 @@
 """The installed stack: compiled mmcv ops, framework imports, image I/O and checkpoint loading."""
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -184,6 +185,63 @@ def test_missing_checkpoint_names_the_path(tmp_path) -> None:
         CheckpointLoader.load_checkpoint(str(tmp_path / 'nope.pth'), map_location='cpu')
 
 
+def _broken_file(tmp_path, kind: str):
+    """A file that is not a usable checkpoint, of the given kind."""
+    import cv2
+    import zipfile
+
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': {'w': torch.zeros(1000)}}, good)
+    data = good.read_bytes()
+    path = tmp_path / f'{kind}.pth'
+    if kind == 'directory':
+        path.mkdir()
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'truncated':
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == 'text':
+        path.write_text('model weights go here\n')
+    elif kind in ('jpeg', 'png'):
+        cv2.imwrite(str(tmp_path / f'image.{kind[:3]}'), np.zeros((8, 8, 3), np.uint8))
+        path.write_bytes((tmp_path / f'image.{kind[:3]}').read_bytes())
+    elif kind == 'other-zip':
+        with zipfile.ZipFile(path, 'w') as archive:
+            archive.writestr('notes.txt', 'x')
+    elif kind == 'damaged-pickle':
+        with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, 'w') as archive:
+            for info in source.infolist():
+                content = source.read(info.filename)
+                archive.writestr(info, b'\x80\x02\x99' + content[3:] if info.filename.endswith('data.pkl') else content)
+    elif kind == 'truncated-legacy':
+        torch.save({'w': torch.zeros(1000)}, good, _use_new_zipfile_serialization=False)
+        path.write_bytes(good.read_bytes()[:2000])
+    return path
+
+
+BROKEN_FILES = {
+    'directory': 'it is a directory, not a checkpoint file',
+    'empty': r'it is empty \(0 bytes\)',
+    'truncated': r'it is a truncated or damaged PyTorch archive \(\d+ bytes\)',
+    'text': r'it is not a PyTorch checkpoint \(22 bytes of text starting',
+    'jpeg': 'it is a JPEG image, not a checkpoint',
+    'png': 'it is a PNG image, not a checkpoint',
+    'other-zip': r'it is a zip archive without data.pkl, not a PyTorch checkpoint \(1 files\)',
+    'damaged-pickle': r'its pickled data is damaged \(\d+ bytes',
+    'truncated-legacy': r'it is truncated or damaged \(2000 bytes; RuntimeError\)',
+}
+
+
+@pytest.mark.parametrize('kind', list(BROKEN_FILES))
+def test_broken_file_is_one_line_naming_file_and_problem(tmp_path, kind: str) -> None:
+    path = _broken_file(tmp_path, kind)
+    with pytest.raises(CheckpointError) as error:
+        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    message = str(error.value)
+    assert re.search(f'^Cannot load {re.escape(str(path))}: {BROKEN_FILES[kind]}', message), message
+    assert '\n' not in message and 'trust-pickle' not in message
+
+
 def test_plain_pickle_of_unlisted_class_is_refused(tmp_path) -> None:
     path = tmp_path / 'other.pth'
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'extra': pickle.PickleError('x')}, path)
@@ -270,7 +328,12 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch) -> None:
     from mmengine.runner.checkpoint import save_checkpoint
 
     path = tmp_path / 'epoch_1.pth'
-    save_checkpoint({'state_dict': {'w': torch.ones(3)}}, str(path))
+    umask = os.umask(0o027)
+    try:
+        save_checkpoint({'state_dict': {'w': torch.ones(3)}}, str(path))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o640  # what open() gives under the umask, not mkstemp's 0600
     saved = path.read_bytes()
 
     def fail_midway(fd: int) -> None:

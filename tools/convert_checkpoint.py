@@ -1,17 +1,20 @@
 """Convert a ConvNeXt checkpoint of any released format to this project's layout, offline.
 
-    python tools/convert_checkpoint.py IN.pth OUT.pth [--backbone-only] [--trust-pickle]
+    python tools/convert_checkpoint.py IN.pth OUT.pth|OUT.safetensors [--backbone-only] [--trust-pickle]
 
 A backbone-only checkpoint (official V1/V2 classification, V2 FCMAE, timm, mmpretrain) becomes a
 backbone state dict for ``init_cfg=dict(type='Pretrained', checkpoint=OUT.pth)``. A whole
 detector/segmentor checkpoint (e.g. the official ConvNeXt COCO/ADE20K release) becomes a model state
 dict for our configs: ``python tools/test.py CONFIG OUT.pth``; with ``--backbone-only`` only its
 backbone is kept, to initialise another model from it. The input is read with
-``weights_only=True``; ``--trust-pickle`` reads a file you trust that pickles other objects.
+``weights_only=True``; ``--trust-pickle`` reads a file you trust that pickles other objects. An
+output name ending in ``.safetensors`` writes safetensors (tensors and string metadata only, safe to
+load anywhere); any other name a PyTorch checkpoint.
 """
 import argparse
 import io
 
+import safetensors.torch
 import torch
 
 from backbones.checkpoint import convert_state_dict, read_checkpoint, unwrap_state_dict
@@ -43,9 +46,14 @@ def main() -> None:
         converted = {**{f'backbone.{k}': v for k, v in weights.backbone.items()}, **weights.other}
     else:
         converted = weights.backbone
-    buffer = io.BytesIO()
-    torch.save({'state_dict': converted, 'meta': dict(source=args.input, source_format=weights.source_format)}, buffer)
-    write_atomic(args.output, buffer.getvalue())
+    meta = dict(source=args.input, source_format=weights.source_format)
+    converted = {key: value.contiguous() for key, value in converted.items()}
+    if args.output.endswith('.safetensors'):
+        write_atomic(args.output, safetensors.torch.save(converted, metadata=meta))
+    else:
+        buffer = io.BytesIO()
+        torch.save({'state_dict': converted, 'meta': meta}, buffer)
+        write_atomic(args.output, buffer.getvalue())
 
     print(f'{args.input}: {weights.source_format} format -> {args.output} ({len(converted)} tensors)')
     for reason, names in weights.leftovers.items():

@@ -6,14 +6,14 @@ import sys
 import pytest
 import torch
 
-from backbones import ConvNeXt
+from backbones import ConvNeXt, load_local_checkpoint
 from tests.helpers import TINY_ARCH, randomize, to_fcmae, to_official
 
 
 def convert(monkeypatch, *argv: str) -> None:
     monkeypatch.setattr(sys, 'argv', ['convert_checkpoint.py', *argv])
     runpy.run_path('tools/convert_checkpoint.py', run_name='__main__')
-    written = torch.load(argv[1], weights_only=True)['state_dict']
+    written = load_local_checkpoint(argv[1])['state_dict']
     for key, value in written.items():  # plain tensors, not views into a larger or permuted storage
         assert value.is_contiguous() and value.untyped_storage().nbytes() == value.numel() * value.element_size(), key
 
@@ -58,3 +58,31 @@ def test_untrusted_pickle_needs_explicit_trust(tmp_path, monkeypatch) -> None:
     assert not (tmp_path / 'out.pth').exists()
     convert(monkeypatch, str(path), str(tmp_path / 'out.pth'), '--trust-pickle')
     assert torch.load(tmp_path / 'out.pth', weights_only=True)['meta']['source_format'] == 'official'
+
+
+def test_safetensors_out_and_in(tmp_path, monkeypatch, capsys) -> None:
+    source = randomize(ConvNeXt(arch=TINY_ARCH, version='v2')).eval()
+    torch.save({'model': to_official(source.state_dict())}, tmp_path / 'official.pth')
+    convert(monkeypatch, str(tmp_path / 'official.pth'), str(tmp_path / 'backbone.safetensors'))
+    assert (tmp_path / 'backbone.safetensors').read_bytes()[8:9] == b'{'  # a safetensors header, no pickle
+    loaded = ConvNeXt(arch=TINY_ARCH, version='v2',
+                      init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'backbone.safetensors')))
+    loaded.init_weights()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(loaded.eval().forward_stages(image), source.forward_stages(image)):
+            torch.testing.assert_close(ours, theirs)
+    # A safetensors file converts again (timm-layout state dict; metadata says where it came from).
+    assert load_local_checkpoint(str(tmp_path / 'backbone.safetensors'))['meta']['source_format'] == 'official'
+    convert(monkeypatch, str(tmp_path / 'backbone.safetensors'), str(tmp_path / 'again.pth'))
+    assert 'timm format' in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_broken_input_is_one_line(tmp_path, monkeypatch) -> None:
+    (tmp_path / 'weights.safetensors').write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": broken')
+    with pytest.raises(SystemExit, match=r'^error: Cannot load .*weights\.safetensors: it is not a valid safetensors file'):
+        convert(monkeypatch, str(tmp_path / 'weights.safetensors'), str(tmp_path / 'out.pth'))
+    (tmp_path / 'photo.pth').write_bytes(b'\xff\xd8\xff\xe0' + bytes(50))
+    with pytest.raises(SystemExit, match=r'^error: Cannot load .*photo\.pth: it is a JPEG image, not a checkpoint\.$'):
+        convert(monkeypatch, str(tmp_path / 'photo.pth'), str(tmp_path / 'out.pth'))
+    assert not (tmp_path / 'out.pth').exists()
