@@ -3,12 +3,15 @@
 * :func:`load_config`: read a config, apply ``--cfg-options`` and set the launcher and work dir.
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the README section.
+* :func:`find_resume_checkpoint`: what ``--resume`` continues from, also after a crash.
 * :func:`adapt_to_cpu`: run the paper's GPU recipes on a machine without CUDA: fp32 instead of AMP
   (mmengine's ``AmpOptimWrapper`` cannot be built without a GPU), gloo instead of NCCL, and
   :class:`CPUDistributedDataParallel` for multi-process CPU training.
 """
+import glob
 import os
 import os.path as osp
+import re
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
@@ -17,7 +20,8 @@ from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
-__all__ = ['DictAction', 'DatasetNotFoundError', 'adapt_to_cpu', 'check_datasets', 'load_config', 'set_data_root']
+__all__ = ['DictAction', 'DatasetNotFoundError', 'adapt_to_cpu', 'check_datasets', 'find_resume_checkpoint',
+           'load_config', 'set_data_root']
 
 README_SECTIONS = {'CocoDataset': 'Datasets: COCO', 'ADE20KDataset': 'Datasets: ADE20K'}
 
@@ -103,6 +107,24 @@ def check_datasets(cfg: Config, splits: list[str]) -> None:
             raise DatasetNotFoundError(f"Annotation file of the {evaluator.type} evaluator not found: "
                                        f"{evaluator.ann_file}. Prepare the data as the README describes, or point "
                                        '--data-root at it.')
+
+
+def find_resume_checkpoint(work_dir: str) -> str | None:
+    """The checkpoint ``--resume`` continues from: the one ``work_dir/last_checkpoint`` names, else the
+    newest ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir``; None when there is none.
+
+    mmengine writes ``last_checkpoint`` in place (open, truncate, write), so a crash can leave it empty
+    while the checkpoints themselves, written atomically, are intact.
+    """
+    record = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(record):
+        with open(record) as file:
+            named = file.read().strip()
+        if named and osp.isfile(named):
+            return named
+    numbered = [(int(match[2]), path) for path in glob.glob(osp.join(work_dir, '*.pth'))
+                if (match := re.fullmatch(r'(epoch|iter)_(\d+)\.pth', osp.basename(path)))]
+    return max(numbered)[1] if numbered else None
 
 
 @MODEL_WRAPPERS.register_module()

@@ -15,8 +15,9 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
-from backbones.runtime import set_data_root  # noqa: E402
+from backbones.runtime import find_resume_checkpoint, set_data_root  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,7 +40,7 @@ def main() -> None:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+        cfg.resume, cfg.load_from = True, find_resume_checkpoint(cfg.work_dir)
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     if args.data_root:
@@ -51,7 +52,10 @@ def main() -> None:
     adapt_to_cpu(cfg)
 
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except CheckpointError as error:  # --resume, load_from or the backbone's init_cfg
+        raise SystemExit(f'error: {error}') from None
 
 
 if __name__ == '__main__':

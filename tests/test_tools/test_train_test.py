@@ -71,6 +71,7 @@ def test_training_resumes_from_the_latest_checkpoint(tmp_path, data_root) -> Non
     common = ['--work-dir', str(tmp_path), '--data-root', f'{data_root}/coco/']
     options = [o for o in DET_OPTIONS if not o.startswith('train_cfg')] + ['train_cfg.val_interval=10']
     run('tools/train.py', config, *common, '--cfg-options', *options, 'train_cfg.max_epochs=1')
+    (tmp_path / 'last_checkpoint').write_text('')  # mmengine writes it in place: a crash can leave it empty
     result = run('tools/train.py', config, *common, '--resume', '--cfg-options', *options, 'train_cfg.max_epochs=2')
     assert 'resumed epoch: 1, iter: 2' in result.stdout
     assert (tmp_path / 'epoch_2.pth').exists()
@@ -101,6 +102,15 @@ def test_two_process_cpu_training_with_dist_train(tmp_path, data_root) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'Distributed training: True' in result.stdout and "dist_cfg: {'backend': 'gloo'}" in result.stdout
     assert (tmp_path / 'iter_6.pth').exists()
+
+
+def test_resuming_from_a_broken_checkpoint_is_one_clear_line(tmp_path, data_root) -> None:
+    broken = tmp_path / 'epoch_1.pth'
+    broken.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(100))
+    result = run('tools/train.py', 'configs/demo/mask_rcnn_convnext_demo.py', '--work-dir', str(tmp_path), '--data-root',
+                 f'{data_root}/coco/', '--resume', str(broken), '--cfg-options', *DET_OPTIONS, check=False)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f'error: Cannot load {broken}: it is a PNG image, not a checkpoint.'
 
 
 @pytest.mark.parametrize('tool, config', [
