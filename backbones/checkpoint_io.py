@@ -19,8 +19,12 @@ stand-ins:
 
 After unpickling, each stand-in is rebuilt into a real ``HistoryBuffer`` from its numbers (log and
 count histories, max length); the stored statistic methods are dropped, so the class-wide table is
-never touched (mmengine registers its own at import). This keeps mmengine's checkpoint format as it
-is: checkpoints we write are ordinary mmengine checkpoints, and mmengine checkpoints load here.
+never touched (mmengine registers its own at import). Before that, every numpy value must be plain
+numbers: the numpy globals let a pickle forge a dtype whose elements are read as object pointers.
+Both walks are iterative and visit each container once (a pickle's memo can share containers).
+
+This keeps mmengine's checkpoint format as it is: checkpoints we write are ordinary mmengine
+checkpoints, and mmengine checkpoints load here.
 
 mmengine's ``Runner.resume`` also passes ``checkpoint['meta']['config']`` to ``Config.fromstring``,
 which executes it as Python. :func:`load_local_checkpoint` moves that text to
@@ -39,6 +43,7 @@ in the same folder and is renamed over the target only when complete.
 import os
 import pickle
 import re
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -63,7 +68,18 @@ NUMPY_GLOBALS = [
 
 
 class StoredHistoryBuffer:
-    """A pickled ``HistoryBuffer`` as inert data, until :func:`restore_history_buffers` rebuilds it."""
+    """A pickled ``HistoryBuffer`` as inert data, until :func:`restore_checkpoint_data` rebuilds it.
+
+    The unpickler's BUILD calls :meth:`__setstate__`, which keeps the state dict and nothing else;
+    with ``__slots__`` there is no instance ``__dict__`` in which the file could shadow a method.
+    """
+    __slots__ = ('state',)
+
+    def __setstate__(self, state: Any) -> None:
+        """Keep ``state`` (a dict of the buffer's attributes) as data."""
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f'BUILD of HistoryBuffer with a {type(state).__name__}, not a dict')
+        self.state = state
 
 
 def statistic_reference(owner: Any, name: Any) -> str:
@@ -125,9 +141,12 @@ def _unusable_file(path: str) -> str | None:
 def _refusal_message(path: str, error: Exception) -> str:
     """A refused global (offer ``--trust-pickle``) or a pickle that does not parse (the file is damaged)."""
     text = str(error)
+    cause = text.split('WeightsUnpickler error:', 1)[-1].strip().splitlines()[0][:120] if text.strip() else ''
+    if 'builtins.getattr used on' in text:
+        return (f'Refusing to load {path}: it pickles a getattr call that is not part of an mmengine checkpoint '
+                f'({cause.removeprefix("GLOBAL ")}), which could reach code when unpickled.')
     if not re.search(r'GLOBAL|[Gg]lobal|reduce for unrecognized function', text):
-        size = os.path.getsize(path)
-        return f'Cannot load {path}: its pickled data is damaged ({size} bytes; {text.splitlines()[0][:120]}).'
+        return f'Cannot load {path}: its pickled data is damaged ({os.path.getsize(path)} bytes; {cause}).'
     if found := re.search(r'GLOBAL ([\w.]+)', text):
         name = found[1]
     elif found := re.search(r'globals? ([\w.]+)', text):
@@ -143,23 +162,58 @@ def _refusal_message(path: str, error: Exception) -> str:
 
 def _history_buffer(stored: StoredHistoryBuffer) -> HistoryBuffer:
     """A real ``HistoryBuffer`` with the numbers of ``stored``; its statistic methods are not used."""
-    state = vars(stored)
+    state = getattr(stored, 'state', {})
     logs, counts, max_length = (state.get(key) for key in ('_log_history', '_count_history', 'max_length'))
     if not (isinstance(logs, np.ndarray) and isinstance(counts, np.ndarray) and isinstance(max_length, int)
-            and logs.ndim == counts.ndim == 1 and len(logs) == len(counts)
-            and logs.dtype.kind in 'biuf' and counts.dtype.kind in 'biuf'):
+            and logs.ndim == counts.ndim == 1 and len(logs) == len(counts)):
         raise CheckpointError('its message hub holds a HistoryBuffer that is not one of numbers')
     return HistoryBuffer(logs.tolist(), counts.tolist(), max_length)
 
 
-def restore_history_buffers(value: Any) -> None:
-    """Rebuild, in place, every :class:`StoredHistoryBuffer` held in the dicts and lists of ``value``."""
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in list(items):
-        if isinstance(item, StoredHistoryBuffer):
-            value[key] = _history_buffer(item)
-        else:
-            restore_history_buffers(item)
+def _check_numpy(value: np.ndarray | np.generic | np.dtype) -> None:
+    """Refuse numpy data that is not plain numbers: a pickle can forge a dtype (fields holding object
+    pointers) whose elements crash or corrupt the process when read."""
+    dtype = value if isinstance(value, np.dtype) else value.dtype
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.hasobject or dtype.kind not in 'biufc':
+        raise CheckpointError(f'it holds numpy data of dtype {dtype.str!r}, not plain numbers')
+
+
+def restore_checkpoint_data(checkpoint: Any) -> None:
+    """Check and finish what the unpickler built, in place: every numpy value must be plain numbers,
+    and every :class:`StoredHistoryBuffer` in a dict or list becomes a real ``HistoryBuffer``.
+
+    The walk is iterative and visits each container once, so shared or self-referencing containers
+    (which a pickle can make with its memo) cost no more than their size.
+
+    Raises:
+        CheckpointError: Numpy data that is not plain numbers, or a HistoryBuffer that is not one of numbers.
+    """
+    pending, seen = [checkpoint], set()
+    while pending:
+        value = pending.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, (np.ndarray, np.generic, np.dtype)):
+            _check_numpy(value)
+        elif isinstance(value, StoredHistoryBuffer):
+            pending.extend(getattr(value, 'state', {}).values())
+        elif isinstance(value, dict):
+            pending.extend([*value.keys(), *value.values()])
+        elif isinstance(value, (list, tuple, set)):
+            pending.extend(value)
+    # Rebuild after every array has been checked.
+    pending, seen = [checkpoint], set()
+    while pending:
+        value = pending.pop()
+        if id(value) in seen or not isinstance(value, (dict, list)):
+            continue
+        seen.add(id(value))
+        for key, item in list(value.items() if isinstance(value, dict) else enumerate(value)):
+            if isinstance(item, StoredHistoryBuffer):
+                value[key] = _history_buffer(item)
+            else:
+                pending.append(item)
 
 
 def _load_safetensors(filename: str, map_location: str | torch.device | None) -> dict:
@@ -173,6 +227,32 @@ def _load_safetensors(filename: str, map_location: str | torch.device | None) ->
     except (safetensors.SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f'Cannot load {filename}: it is not a valid safetensors file '
                               f'({os.path.getsize(filename)} bytes; {str(error).splitlines()[0][:100]}).') from None
+
+
+def _unpickle(filename: str, map_location: str | torch.device | None) -> Any:
+    """``torch.load(weights_only=True)`` with the stand-ins, checked and finished; one-line errors."""
+    if reason := _unusable_file(filename):
+        raise CheckpointError(f'Cannot load {filename}: {reason}.')
+    registered = torch.serialization.get_safe_globals()
+    if any(isinstance(g, tuple) and g[1] in (HISTORY_BUFFER_NAME, 'builtins.getattr') or g in (HistoryBuffer, getattr)
+           for g in registered):
+        raise CheckpointError(f'Refusing to load {filename}: this process allow-listed HistoryBuffer or getattr for '
+                              'torch.load (torch.serialization.add_safe_globals), which lets a checkpoint run code.')
+    try:
+        with torch.serialization.safe_globals([g for g in LOAD_GLOBALS if g not in registered]):
+            checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
+        restore_checkpoint_data(checkpoint)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(_refusal_message(filename, error)) from None
+    except CheckpointError as error:
+        raise CheckpointError(f'Refusing to load {filename}: {error}.') from None
+    except (RuntimeError, EOFError, KeyError, ValueError, TypeError, IndexError, UnicodeDecodeError,
+            struct.error) as error:
+        if isinstance(error, RuntimeError) and re.search(r'CUDA|cuda|device', str(error)):
+            raise  # not the file's fault (e.g. a CUDA map_location without a GPU)
+        raise CheckpointError(f'Cannot load {filename}: it is truncated or damaged ({os.path.getsize(filename)} '
+                              f'bytes; {type(error).__name__}); use another checkpoint.') from None
+    return checkpoint
 
 
 def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None) -> Any:
@@ -198,22 +278,9 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
         raise CheckpointNotFoundError(f'Checkpoint not found: {filename}. See checkpoints/README.md for the '
                                       'official weights and where to put them.')
     if filename.endswith('.safetensors'):
-        return _load_safetensors(filename, map_location)
-    if reason := _unusable_file(filename):
-        raise CheckpointError(f'Cannot load {filename}: {reason}.')
-    try:
-        with torch.serialization.safe_globals(LOAD_GLOBALS):
-            checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
-        restore_history_buffers(checkpoint)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(_refusal_message(filename, error)) from None
-    except CheckpointError as error:
-        raise CheckpointError(f'Refusing to load {filename}: {error}.') from None
-    except (RuntimeError, EOFError, KeyError, ValueError, UnicodeDecodeError) as error:
-        if isinstance(error, RuntimeError) and not re.search(r'PytorchStreamReader|inline_container|unexpected EOF|corrupted', str(error)):
-            raise  # not the file's fault (e.g. a CUDA map_location without a GPU)
-        raise CheckpointError(f'Cannot load {filename}: it is truncated or damaged ({os.path.getsize(filename)} '
-                              f'bytes; {type(error).__name__}); use another checkpoint.') from None
+        checkpoint = _load_safetensors(filename, map_location)
+    else:
+        checkpoint = _unpickle(filename, map_location)
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     if isinstance(meta, dict) and 'config' in meta:
         meta['config_text'] = meta.pop('config')
