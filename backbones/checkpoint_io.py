@@ -12,8 +12,9 @@ file's callables into the class-wide statistics table. So neither is allow-liste
 while :func:`load_local_checkpoint` unpickles, the two names a Runner checkpoint uses resolve to inert
 stand-ins:
 
-* ``mmengine.logging.history_buffer.HistoryBuffer`` -> :class:`StoredHistoryBuffer`, a class without
-  methods: BUILD only fills its ``__dict__`` with the stored (already unpickled, hence inert) data.
+* ``mmengine.logging.history_buffer.HistoryBuffer`` -> :class:`StoredHistoryBuffer`, whose only
+  method, the ``__setstate__`` that BUILD calls, keeps the stored (already unpickled, hence inert)
+  state dict as data.
 * ``builtins.getattr`` -> :func:`statistic_reference`, which returns the method name for
   ``getattr(HistoryBuffer, '<public name>')`` and refuses every other use.
 
@@ -112,9 +113,8 @@ PICKLE_PROTOCOL_OPCODE = b'\x80'  # how torch's legacy format and plain pickles 
 
 
 def _unusable_file(path: str) -> str | None:
-    """Why ``path`` cannot be a PyTorch checkpoint, judged from its size and first bytes; None if it may be one."""
-    if os.path.isdir(path):
-        return 'it is a directory, not a checkpoint file'
+    """Why the file ``path`` cannot be a PyTorch checkpoint, judged from its size and first bytes; None if it
+    may be one."""
     size = os.path.getsize(path)
     if size == 0:
         return 'it is empty (0 bytes): it was not written completely; use another checkpoint'
@@ -218,8 +218,6 @@ def restore_checkpoint_data(checkpoint: Any) -> None:
 
 def _load_safetensors(filename: str, map_location: str | torch.device | None) -> dict:
     """A ``.safetensors`` file (tensors and string metadata only, nothing to unpickle) as a checkpoint dict."""
-    if os.path.isdir(filename):
-        raise CheckpointError(f'Cannot load {filename}: it is a directory, not a checkpoint file.')
     device = str(map_location) if isinstance(map_location, (str, torch.device)) else 'cpu'
     try:
         with safetensors.safe_open(filename, framework='pt', device=device) as file:
@@ -277,6 +275,8 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
     if not os.path.exists(filename):
         raise CheckpointNotFoundError(f'Checkpoint not found: {filename}. See checkpoints/README.md for the '
                                       'official weights and where to put them.')
+    if os.path.isdir(filename):
+        raise CheckpointError(f'Cannot load {filename}: it is a directory, not a checkpoint file.')
     if filename.endswith('.safetensors'):
         checkpoint = _load_safetensors(filename, map_location)
     else:
