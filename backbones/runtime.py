@@ -4,10 +4,12 @@
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the README section.
 * :func:`find_resume_checkpoint`: what ``--resume`` continues from, also after a crash.
+* :func:`resolve_precision` and :func:`autocast`: ``--precision {auto,fp32,bf16,fp16}`` of the tools.
 * :func:`adapt_to_cpu`: run the paper's GPU recipes on a machine without CUDA: fp32 instead of AMP
   (mmengine's ``AmpOptimWrapper`` cannot be built without a GPU), gloo instead of NCCL, and
   :class:`CPUDistributedDataParallel` for multi-process CPU training.
 """
+import contextlib
 import glob
 import os
 import os.path as osp
@@ -20,9 +22,11 @@ from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
-__all__ = ['DictAction', 'DatasetNotFoundError', 'adapt_to_cpu', 'check_datasets', 'find_resume_checkpoint',
-           'load_config', 'set_data_root']
+__all__ = ['DictAction', 'DatasetNotFoundError', 'PRECISIONS', 'adapt_to_cpu', 'autocast', 'check_datasets',
+           'cpu_supports_bf16', 'find_resume_checkpoint', 'load_config', 'resolve_precision', 'set_data_root']
 
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 README_SECTIONS = {'CocoDataset': 'Datasets: COCO', 'ADE20KDataset': 'Datasets: ADE20K'}
 
 
@@ -125,6 +129,49 @@ def find_resume_checkpoint(work_dir: str) -> str | None:
     numbered = [(int(match[2]), path) for path in glob.glob(osp.join(work_dir, '*.pth'))
                 if (match := re.fullmatch(r'(epoch|iter)_(\d+)\.pth', osp.basename(path)))]
     return max(numbered)[1] if numbered else None
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), by torch's own CPU checks.
+
+    Without it, bf16 is emulated and slower than fp32.
+    """
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The precision a run uses, logged: ``auto`` is fp16 on CUDA, bf16 on a CPU that computes in
+    bf16 natively and fp32 on other CPUs; any other choice is kept.
+
+    Args:
+        precision: One of :data:`PRECISIONS`.
+        device: The device the model runs on, e.g. ``cpu`` or ``cuda:0``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f'Unknown precision {precision!r}: choose one of {", ".join(PRECISIONS)}.')
+    device_type = torch.device(device).type
+    if precision == 'auto':
+        if device_type == 'cuda':
+            precision, reason = 'fp16', 'CUDA device'
+        elif cpu_supports_bf16():
+            precision, reason = 'bf16', 'this CPU computes in bf16 natively (AVX512-BF16 or AMX)'
+        else:
+            precision, reason = 'fp32', 'this CPU has no native bf16 (no AVX512-BF16 or AMX)'
+        print_log(f'Precision auto -> {precision}: {reason}.', logger='current')
+    return precision
+
+
+def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward passes of a run: torch autocast to bf16 or fp16, or nothing
+    for fp32.
+
+    Args:
+        precision: ``fp32``, ``bf16`` or ``fp16`` (resolve ``auto`` first with :func:`resolve_precision`).
+        device: The device the model runs on.
+    """
+    if precision == 'fp32':
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 
 @MODEL_WRAPPERS.register_module()
