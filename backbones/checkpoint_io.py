@@ -39,8 +39,12 @@ tensors and string metadata, are read without any unpickling.
 mmengine writes checkpoints with its local file backend, which opens the final path and writes into
 it: a crash or a full disk mid-write leaves a truncated checkpoint under the real name, which resume
 then picks up. :class:`AtomicLocalBackend` replaces that backend: every write goes to a temporary file
-in the same folder and is renamed over the target only when complete.
+in the same folder and is renamed over the target only when complete. Its ``CheckpointHook`` then
+records the checkpoint's path in ``work_dir/last_checkpoint`` with a plain ``open(path, 'w')``, which
+truncates the record before writing it: the name ``open`` in that module is pointed at
+:func:`open_record`, which writes the record the same atomic way.
 """
+import io
 import os
 import pickle
 import re
@@ -54,6 +58,7 @@ import numpy as np
 import safetensors
 import torch
 from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import checkpoint_hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -325,5 +330,27 @@ class AtomicLocalBackend(LocalBackend):
         write_atomic(filepath, obj.encode(encoding))
 
 
+class AtomicTextFile(io.StringIO):
+    """A text file being written: its content replaces ``path`` atomically when the ``with`` block
+    ends without an error, and not at all otherwise."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is None:
+            write_atomic(self.path, self.getvalue().encode('utf-8'))
+        super().__exit__(error_type, error, traceback)
+
+
+def open_record(file: str | Path, mode: str = 'r', *args, **kwargs) -> io.IOBase:
+    """``open`` as mmengine's CheckpointHook sees it: writing text (``last_checkpoint``) is atomic."""
+    if mode == 'w':
+        return AtomicTextFile(file)
+    return open(file, mode, *args, **kwargs)
+
+
+checkpoint_hook.open = open_record
 CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
 register_backend('local', AtomicLocalBackend, force=True, prefixes='')

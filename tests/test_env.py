@@ -381,3 +381,21 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch) -> None:
         save_checkpoint({'state_dict': {'w': torch.zeros(10_000)}}, str(path))
     assert path.read_bytes() == saved  # the earlier checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ['epoch_1.pth']  # and no temporary file is left
+
+
+def test_last_checkpoint_record_is_written_atomically(tmp_path) -> None:
+    """mmengine's CheckpointHook writes ``last_checkpoint`` with ``open(path, 'w')``, i.e. truncates it first."""
+    from mmengine.hooks import checkpoint_hook
+
+    record = tmp_path / 'last_checkpoint'
+    record.write_text('work/epoch_1.pth')
+    with pytest.raises(KeyboardInterrupt), checkpoint_hook.open(str(record), 'w') as file:
+        file.write('work/epoch_')
+        raise KeyboardInterrupt  # interrupted mid-write
+    assert record.read_text() == 'work/epoch_1.pth'
+
+    runner = _toy_runner(tmp_path / 'run', max_epochs=1)
+    runner.train()
+    assert (tmp_path / 'run' / 'last_checkpoint').read_text() == str(tmp_path / 'run' / 'epoch_1.pth')
+    assert sorted(p.name for p in (tmp_path / 'run').iterdir() if not p.name[:8].isdigit()) == [
+        'epoch_1.pth', 'last_checkpoint']

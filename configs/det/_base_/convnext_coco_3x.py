@@ -7,6 +7,7 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
+custom_hooks = [dict(type='RandomStateHook')]  # --resume continues the random numbers of the run
 
 # Flip, then either multi-scale resize (short side 480..800) or resize + crop + multi-scale resize.
 multi_scales = [(short, 1333) for short in range(480, 801, 32)]

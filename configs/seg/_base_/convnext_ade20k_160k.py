@@ -6,6 +6,7 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
 custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
+custom_hooks = [dict(type='RandomStateHook')]  # --resume continues the random numbers of the run
 
 # 2 images per GPU x 8 GPUs = 16 per iteration.
 train_dataloader = dict(batch_size=2)

@@ -1,0 +1,130 @@
+"""Random state in checkpoints, so that a resumed run continues the random numbers of the original.
+
+mmengine seeds a run once at its start and saves no random state in checkpoints: a run resumed
+after a crash draws different random numbers (augmentation, drop path, RoI sampling) from the point
+of the checkpoint on, so its loss curve departs from the uninterrupted run's.
+:class:`RandomStateHook` closes that gap:
+
+* Every checkpoint stores the state of python's ``random``, numpy's global generator, torch's CPU
+  generator and the CUDA generators, one entry per process (``checkpoint['random_state']``).
+* Validation does not disturb the training stream: the state is saved when validation starts and
+  put back when it ends (validation draws a seed for its dataloader), so that checkpoints taken
+  before a validation and runs without it continue alike.
+* On resume the stored state is put back just before the first new batch is drawn: at the start of
+  the next epoch (epoch-based loops), or after mmengine's iteration-based loop has replayed the
+  dataloader up to the checkpoint's iteration.
+
+A checkpoint without the entry (written by another tool) resumes as mmengine does, with a warning.
+"""
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.dist import all_gather_object, get_rank, get_world_size
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.registry import HOOKS
+from mmengine.runner import IterBasedTrainLoop
+
+RandomState = dict[str, Any]
+
+
+def get_random_state() -> RandomState:
+    """This process's generator states as plain data (ints, strings and tensors)."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        'python': random.getstate(),
+        'numpy': {'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
+                  'pos': numpy_state['state']['pos'], 'has_gauss': numpy_state['has_gauss'],
+                  'gauss': numpy_state['gauss']},
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_random_state(state: RandomState) -> None:
+    """Put back generator states returned by :func:`get_random_state`."""
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state = state['numpy']
+    np.random.set_state({'bit_generator': 'MT19937', 'has_gauss': numpy_state['has_gauss'],
+                         'gauss': numpy_state['gauss'],
+                         'state': {'key': numpy_state['key'].numpy().astype(np.uint32), 'pos': numpy_state['pos']}})
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+class _RestoreBeforeBatch:
+    """Wraps a dataloader iterator: puts back ``state`` just before batch number ``index`` is drawn."""
+
+    def __init__(self, iterator: Iterator, index: int, state: RandomState) -> None:
+        self._iterator, self._remaining, self._state = iterator, index, state
+
+    def __iter__(self) -> '_RestoreBeforeBatch':
+        return self
+
+    def __next__(self) -> Any:
+        if self._remaining == 0:
+            set_random_state(self._state)
+        self._remaining -= 1
+        return next(self._iterator)
+
+
+@HOOKS.register_module()
+class RandomStateHook(Hook):
+    """Saves the random state in every checkpoint and puts it back on resume (see the module doc)."""
+
+    priority = 'LOWEST'  # act after every other hook of the same stage, just before the data
+
+    def __init__(self) -> None:
+        self._stored_states: list[RandomState] | None = None
+        self._resumed_state: RandomState | None = None
+        self._state_before_val: RandomState | None = None
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Store every process's state; inside validation, the state training continues from."""
+        state = self._state_before_val or get_random_state()
+        checkpoint['random_state'] = all_gather_object(state) if get_world_size() > 1 else [state]
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Keep the stored states; :meth:`before_train` decides whether this run resumes."""
+        self._stored_states = checkpoint.get('random_state')
+
+    def before_train(self, runner) -> None:
+        """On resume, pick this process's stored state (a run that only loaded weights starts anew)."""
+        states, self._stored_states = self._stored_states, None
+        if runner.iter == 0:
+            return
+        if not states:
+            print_log('The checkpoint has no random state: the resumed run draws other random numbers than '
+                      'the original would have.', logger='current', level=logging.WARNING)
+        elif len(states) != get_world_size():
+            print_log(f'The checkpoint holds the random state of {len(states)} processes, this run has '
+                      f'{get_world_size()}: the resumed run draws other random numbers.', logger='current',
+                      level=logging.WARNING)
+        else:
+            self._resumed_state = states[get_rank()]
+
+    def before_train_epoch(self, runner) -> None:
+        """Put the resumed state back before the first new batch is drawn."""
+        if self._resumed_state is None:
+            return
+        loop = runner.train_loop
+        if isinstance(loop, IterBasedTrainLoop):  # it replays loop.iter batches after this hook
+            loop.dataloader_iterator = _RestoreBeforeBatch(loop.dataloader_iterator, loop.iter, self._resumed_state)
+        else:
+            set_random_state(self._resumed_state)
+        self._resumed_state = None
+
+    def before_val(self, runner) -> None:
+        """Remember the training stream's state."""
+        self._state_before_val = get_random_state()
+
+    def after_val(self, runner) -> None:
+        """Continue training from the state it had before validation."""
+        set_random_state(self._state_before_val)
+        self._state_before_val = None
