@@ -3,9 +3,13 @@
 The builders turn a backbone's state dict (timm layout) into each released checkpoint format, as
 documented by the releases, so that loading can be checked without downloading weights.
 """
+import os
 import re
+import signal
 
 import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
 
 # A custom ConvNeXt small enough for CPU training steps in tests.
 TINY_ARCH = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))
@@ -83,3 +87,20 @@ def to_mmpretrain(backbone_state: StateDict, dense: bool = False) -> StateDict:
             key = key.replace('norm.', 'norm3.')
         out[f'backbone.{key}'] = value
     return out
+
+
+@HOOKS.register_module()
+class KillAfterIterationHook(Hook):
+    """Ends its process with SIGKILL (``kill -9``) after a number of training iterations: a crash at a
+    known point, with no chance to clean up.
+
+    Args:
+        iterations: Training iterations to complete before the kill.
+    """
+
+    def __init__(self, iterations: int) -> None:
+        self.iterations = iterations
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 == self.iterations:
+            os.kill(os.getpid(), signal.SIGKILL)

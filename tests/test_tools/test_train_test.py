@@ -2,11 +2,13 @@
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from backbones import load_local_checkpoint
 
@@ -27,8 +29,8 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV)
+def run(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env or ENV)
     if check and result.returncode:
         raise AssertionError(f'{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}')
     return result
@@ -66,17 +68,49 @@ def test_detector_trains_and_reports_coco_ap(tmp_path, data_root, config) -> Non
     assert (tmp_path / 'results.pkl').stat().st_size > 0
 
 
-def test_training_resumes_from_the_latest_checkpoint(tmp_path, data_root) -> None:
-    config = 'configs/demo/mask_rcnn_convnext_demo.py'
-    common = ['--work-dir', str(tmp_path), '--data-root', f'{data_root}/coco/']
-    options = [o for o in DET_OPTIONS if not o.startswith('train_cfg')] + ['train_cfg.val_interval=10']
-    run('tools/train.py', config, *common, '--cfg-options', *options, 'train_cfg.max_epochs=1')
-    (tmp_path / 'last_checkpoint').write_text('')  # mmengine writes it in place: a crash can leave it empty
-    result = run('tools/train.py', config, *common, '--resume', '--cfg-options', *options, 'train_cfg.max_epochs=2')
-    assert 'resumed epoch: 1, iter: 2' in result.stdout
-    assert (tmp_path / 'epoch_2.pth').exists()
-    resumed = load_local_checkpoint(str(tmp_path / 'epoch_2.pth'))
-    assert resumed['meta']['epoch'] == 2 and resumed['meta']['iter'] == 4
+# Tiny runs of 12 iterations with a checkpoint and a validation every 4 (epochs of 4 iterations for the detector).
+CRASH_RUNS = {
+    'detection, epoch-based': ('configs/demo/mask_rcnn_convnext_demo.py', 'coco/', 'epoch_1.pth', 'epoch_3.pth', [
+        'model.backbone.init_cfg=None', 'train_dataloader.batch_size=2', 'train_cfg.max_epochs=3',
+        'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=3',
+        'default_hooks.logger.interval=1', 'param_scheduler.0.end=4']),
+    'segmentation, iteration-based': ('configs/demo/upernet_convnext_demo.py', 'ade', 'iter_4.pth', 'iter_12.pth', [
+        'train_dataloader.batch_size=2', 'train_cfg.max_iters=12', 'train_cfg.val_interval=4',
+        'default_hooks.checkpoint.interval=4', 'default_hooks.logger.interval=1', 'param_scheduler.0.end=4']),
+}
+
+
+def losses_by_iteration(work_dir: Path) -> dict[int, float]:
+    lines = (latest_run(work_dir) / 'vis_data' / 'scalars.json').read_text().splitlines()
+    return {record['step']: record['loss'] for record in map(json.loads, lines) if 'loss' in record}
+
+
+@pytest.mark.parametrize('case', list(CRASH_RUNS))
+def test_kill_9_then_resume_continues_the_uninterrupted_loss_curve(tmp_path, data_root, case: str) -> None:
+    config, data, kept, final, options = CRASH_RUNS[case]
+    common = ['--data-root', f'{data_root}/{data}', '--cfg-options', *options]
+    run('tools/train.py', config, '--work-dir', str(tmp_path / 'whole'), *common)
+    uninterrupted = losses_by_iteration(tmp_path / 'whole')
+    assert sorted(uninterrupted) == list(range(1, 13))
+
+    crashing = tmp_path / 'crashing.py'  # the same config, killed with SIGKILL after 6 iterations
+    crashing.write_text(f"_base_ = [{str(Path(config).resolve())!r}]\n"
+                        "custom_imports = dict(imports=['backbones', 'tests.helpers'], allow_failed_imports=False)\n"
+                        "custom_hooks = [dict(type='RandomStateHook'), dict(type='KillAfterIterationHook', iterations=6)]\n")
+    work_dir = tmp_path / 'crashed'
+    killed = run('tools/train.py', str(crashing), '--work-dir', str(work_dir), *common, check=False,
+                 env=dict(ENV, PYTHONPATH=os.getcwd()))  # tests.helpers importable
+    assert killed.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in work_dir.glob('*.pth')) == [kept]  # killed between two checkpoints
+    assert load_local_checkpoint(str(work_dir / kept))['meta']['iter'] == 4
+
+    result = run('tools/train.py', config, '--work-dir', str(work_dir), '--resume', *common)
+    assert f'Load checkpoint from {work_dir / kept}' in result.stdout
+    resumed = losses_by_iteration(work_dir)
+    assert sorted(resumed) == list(range(5, 13))
+    assert resumed == {step: uninterrupted[step] for step in resumed}  # the same numbers, not close ones
+    for name, weight in load_local_checkpoint(str(tmp_path / 'whole' / final))['state_dict'].items():
+        assert torch.equal(load_local_checkpoint(str(work_dir / final))['state_dict'][name], weight), name
 
 
 def test_segmentor_trains_and_reports_miou_with_and_without_tta(tmp_path, data_root) -> None:
