@@ -27,6 +27,12 @@ Both walks are iterative and visit each container once (a pickle's memo can shar
 This keeps mmengine's checkpoint format as it is: checkpoints we write are ordinary mmengine
 checkpoints, and mmengine checkpoints load here.
 
+Checkpoints named by a URL (``http(s)://``, and ``open-mmlab://``, ``torchvision://`` which resolve
+to one) go through mmengine's ``load_url``, i.e. torch hub's ``load_state_dict_from_url``, which
+unpickles with ``weights_only=False``: any code in the file runs. That name in mmengine's checkpoint
+module is pointed at :func:`load_url_checkpoint`, which downloads into torch hub's cache and loads
+the file like a local one.
+
 mmengine's ``Runner.resume`` also passes ``checkpoint['meta']['config']`` to ``Config.fromstring``,
 which executes it as Python. :func:`load_local_checkpoint` moves that text to
 ``meta['config_text']``: kept for reading, never executed.
@@ -50,6 +56,8 @@ import pickle
 import re
 import struct
 import tempfile
+import urllib.error
+import urllib.parse
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -60,6 +68,7 @@ import torch
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import checkpoint_hook
 from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
 HISTORY_BUFFER_NAME = 'mmengine.logging.history_buffer.HistoryBuffer'
@@ -232,10 +241,18 @@ def _load_safetensors(filename: str, map_location: str | torch.device | None) ->
                               f'({os.path.getsize(filename)} bytes; {str(error).splitlines()[0][:100]}).') from None
 
 
-def _unpickle(filename: str, map_location: str | torch.device | None) -> Any:
-    """``torch.load(weights_only=True)`` with the stand-ins, checked and finished; one-line errors."""
+def _unpickle(filename: str, map_location: str | torch.device | None, trust_pickle: bool) -> Any:
+    """``torch.load(weights_only=True)`` with the stand-ins, checked and finished, or with
+    ``trust_pickle`` a plain ``torch.load``; one-line errors."""
     if reason := _unusable_file(filename):
         raise CheckpointError(f'Cannot load {filename}: {reason}.')
+    if trust_pickle:
+        try:
+            return torch.load(filename, map_location=map_location, weights_only=False)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ImportError) as error:
+            raise CheckpointError(f'Cannot load {filename}: it is truncated or damaged, or pickles objects of a '
+                                  f'module that is not installed ({type(error).__name__}: '
+                                  f'{str(error).splitlines()[0][:100]}).') from None
     registered = torch.serialization.get_safe_globals()
     if any(isinstance(g, tuple) and g[1] in (HISTORY_BUFFER_NAME, 'builtins.getattr') or g in (HistoryBuffer, getattr)
            for g in registered):
@@ -258,7 +275,8 @@ def _unpickle(filename: str, map_location: str | torch.device | None) -> Any:
     return checkpoint
 
 
-def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None) -> Any:
+def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None,
+                          trust_pickle: bool = False) -> Any:
     """Load a local checkpoint with ``weights_only=True`` (mmengine's loader for plain paths).
 
     A ``.safetensors`` file is read with safetensors (no pickle at all) as ``{'state_dict': tensors,
@@ -270,6 +288,8 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
     Args:
         filename: Path of the checkpoint file (``~`` is expanded).
         map_location: As for :func:`torch.load`.
+        trust_pickle: Unpickle without the weights-only restriction: only for files you trust, and
+            only on request (``tools/convert_checkpoint.py --trust-pickle``).
 
     Raises:
         CheckpointNotFoundError: The file does not exist.
@@ -285,11 +305,33 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
     if filename.endswith('.safetensors'):
         checkpoint = _load_safetensors(filename, map_location)
     else:
-        checkpoint = _unpickle(filename, map_location)
+        checkpoint = _unpickle(filename, map_location, trust_pickle)
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     if isinstance(meta, dict) and 'config' in meta:
         meta['config_text'] = meta.pop('config')
     return checkpoint
+
+
+def load_url_checkpoint(url: str, model_dir: str | None = None, map_location: str | torch.device | None = None,
+                        progress: bool = True) -> Any:
+    """Download a checkpoint once into torch hub's cache (``model_dir``) and load it as a local file
+    (:func:`load_local_checkpoint`): mmengine's ``load_url`` for every URL checkpoint.
+
+    Raises:
+        CheckpointError: The download failed (one line with the URL and the reason), or the file
+            cannot be loaded.
+    """
+    folder = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
+    path = os.path.join(folder, os.path.basename(urllib.parse.urlparse(url).path) or 'checkpoint.pth')
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        try:  # torch hub writes a temporary file and renames it when complete
+            torch.hub.download_url_to_file(url, path, progress=progress)
+        except (urllib.error.URLError, OSError) as error:
+            raise CheckpointError(f'Cannot download {url}: {getattr(error, "reason", error)}. Check the URL, or '
+                                  'download the file elsewhere and pass its local path (checkpoints/README.md).'
+                                  ) from None
+    return load_local_checkpoint(path, map_location)
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
@@ -352,5 +394,6 @@ def open_record(file: str | Path, mode: str = 'r', *args, **kwargs) -> io.IOBase
 
 
 checkpoint_hook.open = open_record
+mmengine_checkpoint.load_url = load_url_checkpoint
 CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
 register_backend('local', AtomicLocalBackend, force=True, prefixes='')

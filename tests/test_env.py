@@ -1,7 +1,10 @@
 """The installed stack: compiled mmcv ops, framework imports, image I/O and checkpoint loading."""
+import functools
+import http.server
 import os
 import pickle
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -109,6 +112,37 @@ def test_checkpoint_with_pickled_callable_is_refused(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r'Refusing to load .*evil\.pth: it pickles (posix|os)\.system'):
         CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
     assert not marker.exists()
+
+
+@pytest.fixture
+def served_folder(tmp_path):
+    """A folder served over HTTP on localhost, and its URL."""
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f'http://127.0.0.1:{server.server_port}'
+    server.shutdown()
+
+
+def test_url_checkpoints_load_like_local_files(tmp_path, served_folder, monkeypatch) -> None:
+    """mmengine loads URLs through torch hub's load_state_dict_from_url, which unpickles with weights_only=False."""
+    folder, url = served_folder
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    torch.save({'state_dict': {'w': torch.ones(2)}}, folder / 'good.pth')
+    marker = tmp_path / 'executed'
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': _Payload(str(marker))}, folder / 'evil.pth')
+
+    checkpoint = CheckpointLoader.load_checkpoint(f'{url}/good.pth', map_location='cpu')
+    assert torch.equal(checkpoint['state_dict']['w'], torch.ones(2))
+    assert (tmp_path / 'hub' / 'checkpoints' / 'good.pth').exists()  # cached once, like torch hub
+    with pytest.raises(CheckpointError, match=r'Refusing to load .*evil\.pth: it pickles (posix|os)\.system'):
+        CheckpointLoader.load_checkpoint(f'{url}/evil.pth', map_location='cpu')
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match=rf'^Cannot download {url}/missing\.pth: [Ff]ile not found\. Check the URL'):
+        CheckpointLoader.load_checkpoint(f'{url}/missing.pth', map_location='cpu')
 
 
 class _Call:

@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 
 from backbones.checkpoint import convert_state_dict, read_checkpoint, unwrap_state_dict
-from backbones.checkpoint_io import CheckpointError, write_atomic
+from backbones.checkpoint_io import CheckpointError, load_local_checkpoint, write_atomic
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,7 +35,7 @@ def main() -> None:
     args = parse_args()
     try:
         if args.trust_pickle:
-            state_dict = unwrap_state_dict(torch.load(args.input, map_location='cpu', weights_only=False))
+            state_dict = unwrap_state_dict(load_local_checkpoint(args.input, 'cpu', trust_pickle=True))
         else:
             state_dict = read_checkpoint(args.input)
         weights = convert_state_dict(state_dict)

@@ -86,3 +86,8 @@ def test_broken_input_is_one_line(tmp_path, monkeypatch) -> None:
     with pytest.raises(SystemExit, match=r'^error: Cannot load .*photo\.pth: it is a JPEG image, not a checkpoint\.$'):
         convert(monkeypatch, str(tmp_path / 'photo.pth'), str(tmp_path / 'out.pth'))
     assert not (tmp_path / 'out.pth').exists()
+    torch.save({'state_dict': {'w': torch.ones(1000)}}, tmp_path / 'whole.pth')
+    (tmp_path / 'cut.pth').write_bytes((tmp_path / 'whole.pth').read_bytes()[:1500])
+    for trust in ([], ['--trust-pickle']):  # trusting a file does not make a damaged one readable
+        with pytest.raises(SystemExit, match=r'^error: Cannot load .*cut\.pth: it is a truncated or damaged'):
+            convert(monkeypatch, str(tmp_path / 'cut.pth'), str(tmp_path / 'out.pth'), *trust)
