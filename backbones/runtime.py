@@ -4,26 +4,32 @@
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the README section.
 * :func:`find_resume_checkpoint`: what ``--resume`` continues from, also after a crash.
-* :func:`resolve_precision` and :func:`autocast`: ``--precision {auto,fp32,bf16,fp16}`` of the tools.
-* :func:`adapt_to_cpu`: run the paper's GPU recipes on a machine without CUDA: fp32 instead of AMP
-  (mmengine's ``AmpOptimWrapper`` cannot be built without a GPU), gloo instead of NCCL, and
-  :class:`CPUDistributedDataParallel` for multi-process CPU training.
+* :func:`resolve_precision`, :func:`autocast`, :func:`set_training_precision` and
+  :func:`autocast_test_step`: ``--precision {auto,fp32,bf16,fp16}`` of the tools. The papers'
+  AMP recipes train in bf16 on CPUs that compute it natively (mmengine's ``AmpOptimWrapper`` needs a
+  GPU; :class:`backbones.precision.AutocastOptimWrapper` does the CPU's part), in fp32 on others.
+* :func:`adapt_to_cpu`: run the paper's GPU recipes on a machine without CUDA: gloo instead of NCCL,
+  and :class:`CPUDistributedDataParallel` for multi-process CPU training.
 """
 import contextlib
+import functools
 import glob
 import os
 import os.path as osp
 import re
+from typing import Any
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
+from mmengine.structures import BaseDataElement
 from torch import nn
 
-__all__ = ['DictAction', 'DatasetNotFoundError', 'PRECISIONS', 'adapt_to_cpu', 'autocast', 'check_datasets',
-           'cpu_supports_bf16', 'find_resume_checkpoint', 'load_config', 'resolve_precision', 'set_data_root']
+__all__ = ['DictAction', 'DatasetNotFoundError', 'PRECISIONS', 'adapt_to_cpu', 'autocast', 'autocast_test_step',
+           'check_datasets', 'cpu_supports_bf16', 'default_device', 'find_resume_checkpoint', 'load_config',
+           'resolve_precision', 'set_data_root', 'set_training_precision']
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -150,6 +156,9 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f'Unknown precision {precision!r}: choose one of {", ".join(PRECISIONS)}.')
     device_type = torch.device(device).type
+    if precision == 'fp16' and device_type == 'cpu':
+        raise ValueError('fp16 needs a GPU: on a CPU use bf16 (or auto, which picks it where the CPU computes it '
+                         'natively).')
     if precision == 'auto':
         if device_type == 'cuda':
             precision, reason = 'fp16', 'CUDA device'
@@ -174,6 +183,62 @@ def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractC
     return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 
+def default_device() -> str:
+    """The device the tools run on: ``cuda`` where available, else ``cpu``."""
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def set_training_precision(cfg: Config, precision: str) -> None:
+    """Train ``cfg`` in ``precision`` (resolved, not ``auto``): the optim wrapper that does it.
+
+    fp32: ``OptimWrapper``. CUDA: mmengine's ``AmpOptimWrapper`` (fp16 or bf16, dynamic loss
+    scaling). CPU bf16: :class:`backbones.precision.AutocastOptimWrapper` (no loss scaling needed).
+    """
+    optim_wrapper = cfg.optim_wrapper
+    for amp_only in ('loss_scale', 'dtype', 'use_fsdp'):
+        optim_wrapper.pop(amp_only, None)
+    if precision == 'fp32':
+        optim_wrapper.type = 'OptimWrapper'
+    elif torch.cuda.is_available():
+        optim_wrapper.update(type='AmpOptimWrapper', dtype={'fp16': 'float16', 'bf16': 'bfloat16'}[precision])
+    else:
+        optim_wrapper.update(type='AutocastOptimWrapper', dtype='bfloat16')
+    print_log(f'Training precision: {precision} ({optim_wrapper.type}).', logger='current')
+
+
+def _floats_to_fp32(value: Any) -> Any:
+    """``value`` with its bf16/fp16 tensors as fp32, inside data samples, lists, tuples and dicts."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, BaseDataElement):
+        for key, item in list(value.items()):
+            setattr(value, key, _floats_to_fp32(item))
+        return value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_floats_to_fp32(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _floats_to_fp32(item) for key, item in value.items()}
+    return value
+
+
+def autocast_test_step(model: nn.Module, precision: str) -> None:
+    """Run ``model.test_step`` (evaluation and inference) under autocast to ``precision`` (resolved),
+    its predictions returned in fp32 as the evaluators and visualisers expect; fp32 changes nothing.
+    """
+    if precision == 'fp32':
+        return
+    test_step = model.test_step
+    device = next(model.parameters()).device
+
+    @functools.wraps(test_step)
+    def autocast_step(data: Any) -> Any:
+        with autocast(precision, device):
+            predictions = test_step(data)
+        return _floats_to_fp32(predictions)
+
+    model.test_step = autocast_step
+
+
 @MODEL_WRAPPERS.register_module()
 class CPUDistributedDataParallel(MMDistributedDataParallel):
     """MMDistributedDataParallel for CPU processes (gloo): no device ids, and SyncBN layers, which
@@ -187,17 +252,11 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
 def adapt_to_cpu(cfg: Config) -> None:
     """Make a GPU recipe runnable without CUDA; a no-op where CUDA is available.
 
-    The optimizer, lr and schedule are unchanged, so results stay comparable, only slower and in fp32.
+    The optimizer, lr and schedule are unchanged, so results stay comparable; precision is set apart
+    (:func:`set_training_precision`).
     """
     if torch.cuda.is_available():
         return
-    optim_wrapper = cfg.get('optim_wrapper')
-    if optim_wrapper and optim_wrapper.get('type') == 'AmpOptimWrapper':
-        optim_wrapper.type = 'OptimWrapper'
-        for amp_only in ('loss_scale', 'dtype', 'use_fsdp'):
-            optim_wrapper.pop(amp_only, None)
-        print_log('No CUDA device: training in fp32 with OptimWrapper instead of AmpOptimWrapper (AMP needs a GPU).',
-                  logger='current')
     cfg.setdefault('env_cfg', ConfigDict()).setdefault('dist_cfg', ConfigDict()).backend = 'gloo'
     cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel', broadcast_buffers=False,
                                  find_unused_parameters=cfg.get('find_unused_parameters', False))

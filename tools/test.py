@@ -1,14 +1,16 @@
 """Evaluate a ConvNeXt detector (COCO box/mask AP) or segmentor (ADE20K mIoU) checkpoint.
 
     python tools/test.py CONFIG CKPT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta]
-                         [--data-root DIR] [--cfg-options KEY=VALUE ...] [--launcher ...]
+                         [--precision {auto,fp32,bf16,fp16}] [--data-root DIR] [--cfg-options KEY=VALUE ...]
+                         [--launcher ...]
 
 CKPT may be a checkpoint written by tools/train.py or one of the official ConvNeXt COCO/ADE20K
 release (converted on the fly, see checkpoints/README.md); it is loaded strictly, so a config that
 does not match the checkpoint is an error, not a silently wrong score. --out writes the raw results
 (detection: a .pkl of predictions; segmentation: a folder of label PNGs), --show-dir writes a
 visualisation per image, --tta runs the config's test-time augmentation (segmentation: scales 0.5 to
-1.75 with flip).
+1.75 with flip). --precision (default fp32, the exact scores): bf16 or fp16 run the model under
+autocast; auto is fp16 on CUDA, bf16 on a CPU that computes it natively, fp32 on other CPUs.
 """
 import argparse
 import os.path as osp
@@ -24,7 +26,8 @@ from mmengine.runner import Runner  # noqa: E402
 from backbones.checkpoint import load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
-from backbones.runtime import set_data_root  # noqa: E402
+from backbones.runtime import PRECISIONS, default_device, resolve_precision, set_data_root  # noqa: E402
+from backbones.runtime import autocast_test_step  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--out', help='write raw results: a .pkl file (detection) or a folder (segmentation)')
     parser.add_argument('--show-dir', help='write a visualisation of every prediction to this folder')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (multi-scale + flip)')
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32', help='autocast the model (default fp32)')
     parser.add_argument('--data-root', help='dataset folder instead of the config\'s')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
@@ -81,8 +85,9 @@ def main() -> None:
     if args.data_root:
         set_data_root(cfg, args.data_root)
     try:
+        precision = resolve_precision(args.precision, default_device())
         check_datasets(cfg, ['test'])
-    except DatasetNotFoundError as error:
+    except (ValueError, DatasetNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
     adapt_to_cpu(cfg)
 
@@ -94,6 +99,7 @@ def main() -> None:
         load_model_weights(model, args.checkpoint, runner.logger)
     except (CheckpointError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
+    autocast_test_step(runner.model, precision)
     runner.test()
 
 

@@ -1,11 +1,12 @@
 """Train a ConvNeXt detector (mmdet) or segmentor (mmseg) from a config.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--data-root DIR]
-                          [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--precision {auto,fp32,bf16,fp16}]
+                          [--data-root DIR] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
 Checkpoints and logs go to --work-dir (default work_dirs/<config name>). --resume alone continues from
-the latest checkpoint there; --resume CKPT from that file. On a machine without CUDA the recipe runs in
-fp32 (AMP needs a GPU). Multi-GPU and multi-node: tools/dist_train.sh, tools/slurm_train.sh.
+the latest checkpoint there; --resume CKPT from that file. --precision: by default the config's (the
+papers' AMP recipes: auto); auto is fp16 on CUDA, bf16 on a CPU that computes it natively (AVX512-BF16
+or AMX), fp32 on other CPUs; --amp is --precision auto. Multi-GPU and multi-node: tools/dist_train.sh, tools/slurm_train.sh.
 """
 import argparse
 import warnings
@@ -17,7 +18,8 @@ from mmengine.runner import Runner  # noqa: E402
 
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
-from backbones.runtime import find_resume_checkpoint, set_data_root  # noqa: E402
+from backbones.runtime import PRECISIONS, default_device, find_resume_checkpoint, resolve_precision  # noqa: E402
+from backbones.runtime import set_data_root, set_training_precision  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,7 +27,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='config file, e.g. configs/det/cascade_convnext_t.py')
     parser.add_argument('--work-dir', help='folder for checkpoints and logs')
     parser.add_argument('--resume', nargs='?', const='auto', help='resume from CKPT, or the latest in --work-dir')
-    parser.add_argument('--amp', action='store_true', help='mixed precision (AmpOptimWrapper), where not on already')
+    parser.add_argument('--precision', choices=PRECISIONS, help="default: the config's (AMP recipes: auto)")
+    parser.add_argument('--amp', action='store_const', const='auto', dest='precision', help='--precision auto')
     parser.add_argument('--data-root', help='dataset folder instead of the config\'s (data/coco/, data/ade/...)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
@@ -36,9 +39,11 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    precision = args.precision or ('auto' if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper' else 'fp32')
+    try:
+        set_training_precision(cfg, resolve_precision(precision, default_device()))
+    except ValueError as error:
+        raise SystemExit(f'error: {error}') from None
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, find_resume_checkpoint(cfg.work_dir)
     elif args.resume:
