@@ -482,7 +482,8 @@ def main() -> None:
     try:
         weights = initialise(ours, cfg, args.checkpoint)
     except CheckpointError as error:
-        raise SystemExit(f'error: {error}') from None
+        hint = '' if args.checkpoint else ' Or --cfg-options model.backbone.init_cfg=None for random weights.'
+        raise SystemExit(f'error: {error}{hint}') from None
     ours.to(device)
     if args.channels_last:
         ours.backbone.to(memory_format=torch.channels_last)
@@ -498,8 +499,9 @@ def main() -> None:
     cases += [Case('backbone', peer.implementation, 'fp32', torch.no_grad()(lambda peer=peer: peer.backbone(images)),
                    peer.backbone, max_abs_diff(backbone, peer, images)) for peer in peers]
     cases.append(Case(test_step, label, precision, torch.no_grad()(lambda: ours.test_step(batch)), backbone))
-    cases += [Case(test_step, peer.implementation, 'fp32', torch.no_grad()(lambda peer=peer: peer.model.test_step(batch)),
-                   peer.backbone) for peer in peers if peer.model]
+    cases += [Case(test_step, peer.implementation, 'fp32',
+                   torch.no_grad()(lambda peer=peer: peer.model.test_step(batch)), peer.backbone)
+              for peer in peers if peer.model]
 
     bar = ProgressBar((len(cases) + 2 * args.train) * (args.warmup + args.repeats), file=sys.stderr)
     rows = [measure(case, args, device, bar) for case in cases]
