@@ -77,7 +77,8 @@ def test_bf16_runs_our_backbone_in_bf16_and_compare_without_peer_says_so(monkeyp
         compute_dtypes[precision] = {row['compute_dtype'] for row in result['rows']}
         # The demo's custom arch has no counterpart in mmseg or timm: one line, and ours alone.
         assert result['notes'] == ['--compare: no peer for ConvNeXt v1 depths (2, 2, 4, 2) dims (32, 64, 128, 256) '
-                                   '(mmdet, mmseg and timm have ConvNeXt-T V1); benchmarking ours only.']
+                                   'out_indices (0, 1, 2, 3) (mmdet, mmseg and timm have ConvNeXt-T V1, all four '
+                                   'stages out); benchmarking ours only.']
     # What the backbone's convolutions and linear layers computed in, in the backbone and whole-model cases.
     assert compute_dtypes == {'fp32': {'float32'}, 'bf16': {'bfloat16'}}
 

@@ -83,7 +83,7 @@ MM_PEERS = {
     'EncoderDecoder': ('mmseg', 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'),
 }
 TIMM_PEER = 'convnext_tiny'
-PEER_ARCH = ('v1', V1_ARCHS['tiny']['depths'], V1_ARCHS['tiny']['dims'])
+PEER_ARCH = ('v1', V1_ARCHS['tiny']['depths'], V1_ARCHS['tiny']['dims'], (0, 1, 2, 3))  # with out_indices
 # Our (timm) backbone names -> mmpretrain's, for ConvNeXt V1; backbones.checkpoint reads them back.
 MMPRETRAIN_NAMES = (
     (r'^stem\.(\d)\.', r'downsample_layers.0.\1.'),
@@ -252,10 +252,10 @@ def build_peers(cfg: Config, ours: nn.Module, device: torch.device) -> tuple[lis
     """timm's ConvNeXt-T and the mmdet/mmseg config of our model's type, with our model's weights, on
     ``device``; and one line for each peer that cannot be compared."""
     backbone = ours.backbone
-    arch = (backbone.version, backbone.depths, backbone.dims)
+    arch = (backbone.version, backbone.depths, backbone.dims, backbone.out_indices)
     if arch != PEER_ARCH:
-        return [], [f'--compare: no peer for ConvNeXt {arch[0]} depths {arch[1]} dims {arch[2]} (mmdet, mmseg and '
-                    'timm have ConvNeXt-T V1); benchmarking ours only.']
+        return [], ['--compare: no peer for ConvNeXt {} depths {} dims {} out_indices {} (mmdet, mmseg and timm have '
+                    'ConvNeXt-T V1, all four stages out); benchmarking ours only.'.format(*arch)]
     backbone_state = backbone.state_dict()
     features = timm.create_model(TIMM_PEER, features_only=True, out_indices=backbone.out_indices)
     features.load_state_dict({re.sub(r'^(stem|stages)\.(\d)\.', r'\1_\2.', k): v for k, v in backbone_state.items()
