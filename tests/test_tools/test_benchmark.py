@@ -46,13 +46,13 @@ def assert_consistent_timings(rows: list[dict], batch: int) -> None:
 
 def test_detector_inference_and_training_rows(monkeypatch, tmp_path, capsys) -> None:
     result = benchmark(monkeypatch, tmp_path, 'configs/demo/mask_rcnn_convnext_demo.py', '--batch-size', '2',
-                       '--precision', 'fp32', '--train', *NO_PRETRAINED)
+                       '--precision', 'bf16', '--train', *NO_PRETRAINED)
     assert cases(result) == [('backbone', 'ours'), ('MaskRCNN test_step', 'ours'), ('MaskRCNN train step', 'ours'),
                              ('MaskRCNN train step', 'ours with_cp')]
     rows = result['rows']
     assert_consistent_timings(rows, batch=2)
-    for row in rows:
-        assert row['precision'] == 'fp32' and row['compute_dtype'] == 'float32'
+    for row in rows:  # bf16 in every case: autocast test_step, AutocastOptimWrapper training
+        assert row['precision'] == 'bf16' and row['compute_dtype'] == 'bfloat16'
         assert row['backbone_inputs'] == [[2, 3, 64, 64]]  # one call per run, 64 is already a multiple of 32
         assert row['max_abs_diff'] is None
     assert [row['ratio'] for row in rows[:3]] == [1.0, 1.0, 1.0]
@@ -62,7 +62,7 @@ def test_detector_inference_and_training_rows(monkeypatch, tmp_path, capsys) -> 
     stdout = capsys.readouterr().out
     assert 'CPU avx512_bf16=' in stdout and ', 1 threads' in stdout and 'weights: no CKPT: random init' in stdout
     assert '| model | implementation | precision | batch | shape | images/s |' in stdout
-    assert '| MaskRCNN train step | ours with_cp | fp32 | 2 | 64x64 |' in stdout
+    assert '| MaskRCNN train step | ours with_cp | bf16 | 2 | 64x64 |' in stdout
     assert 'with_cp: peak memory ' in stdout
 
 
@@ -113,7 +113,8 @@ def test_a_missing_config_is_one_error_line() -> None:
 
 @pytest.mark.parametrize('options, message', [
     (['--precision', 'fp8'], "error: Unknown precision 'fp8': choose one of auto, fp32, bf16, fp16."),
-    (['--precision', 'fp16', '--device', 'cpu'], 'error: fp16 needs a CUDA device; on a CPU use bf16 or fp32.'),
+    (['--precision', 'fp16', '--device', 'cpu'],
+     'error: fp16 needs a GPU: on a CPU use bf16 (or auto, which picks it where the CPU computes it natively).'),
 ])
 def test_precision_errors_are_one_line(monkeypatch, options: list[str], message: str) -> None:
     # SystemExit with a message: Python prints it alone on stderr and exits with status 1 (as above).

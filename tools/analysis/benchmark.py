@@ -29,18 +29,21 @@ both run the same weights. The JSON rows also hold the dtype the backbone's conv
 layers computed in and the shape of every backbone input of the first run (sliding-window inference
 calls the backbone once per crop; training pads to the data preprocessor's ``size``).
 
-``--precision`` and ``--channels-last`` apply to our backbone: autocast around it; channels_last input
-and weights (its outputs stay contiguous NCHW for mmcv's RoIAlign). The rest of our model runs in fp32,
-as mmcv's CPU ops (NMS, RoIAlign) have no bf16 kernels, and so do the peers, NCHW, as their tools run
-them. Training steps use a plain OptimWrapper (no loss scaling: it times the step, not convergence).
+``--precision`` applies to our model as ``tools/test.py`` and ``tools/train.py`` apply it: autocast
+around the backbone case and the whole ``test_step`` (predictions back in fp32; on CPUs mmcv's RoIAlign
+and nms compute in fp32, see :mod:`backbones.precision`), and the training precision's optim wrapper
+(``set_training_precision``: OptimWrapper, AmpOptimWrapper on CUDA, AutocastOptimWrapper for bf16 on
+CPUs). ``--channels-last`` gives our backbone channels_last weights and inputs (its outputs stay
+contiguous NCHW for mmcv's RoIAlign). The peers run in fp32 and NCHW, as their own tools run them.
 
 Weights: CKPT, read strictly in any format ``tools/test.py`` reads (through mmengine's checkpoint
 loader, which ``import backbones`` makes the project's safe one); without CKPT, the config's
 initialisation: random, unless the backbone's init_cfg names pre-trained weights (``--cfg-options
 model.backbone.init_cfg=None`` for none). SyncBN layers (Cascade's box heads) run as BatchNorm: one
-process. On random images a detector keeps few detections, so its mask head has little to do: for the
-workload of real images use a trained CKPT, or ``--cfg-options model.test_cfg.rcnn.score_thr=0`` (then
-``max_per_img`` detections reach the mask head); ``model.test_cfg`` is given to the peers as well.
+process. On random images with random weights, how many detections pass a detector's score threshold is
+arbitrary (with COCO's 80 classes usually none, leaving the mask head idle): for a fixed workload use
+``--cfg-options model.test_cfg.rcnn.score_thr=0`` (then ``max_per_img`` detections reach the mask head),
+or a trained CKPT; ``model.test_cfg`` is given to the peers as well.
 """
 import argparse
 import contextlib
@@ -64,7 +67,7 @@ import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.model import revert_sync_batchnorm  # noqa: E402
-from mmengine.optim import OptimWrapper, build_optim_wrapper  # noqa: E402
+from mmengine.optim import build_optim_wrapper  # noqa: E402
 from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 from mmengine.structures import InstanceData, PixelData  # noqa: E402
 from mmengine.utils import ProgressBar, get_installed_path  # noqa: E402
@@ -74,7 +77,8 @@ from backbones import ConvNeXt  # noqa: E402
 from backbones.checkpoint import load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.convnext import V1_ARCHS  # noqa: E402
-from backbones.runtime import DictAction, autocast, load_config, resolve_precision  # noqa: E402
+from backbones.runtime import DictAction, autocast, autocast_test_step, default_device, load_config  # noqa: E402
+from backbones.runtime import resolve_precision, set_training_precision  # noqa: E402
 
 # mmdet's and mmseg's own ConvNeXt-T configs (mmpretrain backbone), by model type, and timm's ConvNeXt-T.
 MM_PEERS = {
@@ -93,7 +97,6 @@ MMPRETRAIN_NAMES = (
     (r'\.mlp\.fc(\d)\.', r'.pointwise_conv\1.'),
     (r'^out_norms\.(\d)\.', r'norm\1.'),
 )
-AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
 BOXES_PER_IMAGE = 3
 MB = 2**20
 COLUMNS = ('model', 'implementation', 'precision', 'batch', 'shape', 'images/s', 'p50 ms', 'p90 ms', 'peak MB',
@@ -109,8 +112,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=1, help='images per batch (default: 1)')
     parser.add_argument('--precision', default='auto',
                         help='auto (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32), fp32, bf16 or fp16')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
-                        help='cpu or cuda[:N] (default: cuda where available)')
+    parser.add_argument('--device', default=default_device(), help='cpu or cuda[:N] (default: cuda where available)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (torch.set_num_threads)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed runs first, at least 1 (default: 3)')
     parser.add_argument('--repeats', type=int, default=20, help='timed runs (default: 20)')
@@ -145,23 +147,25 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-class OurBackbone(nn.Module):
-    """Our backbone as the benchmark runs it: under autocast at ``precision``, with a channels_last input
-    when ``channels_last`` (the caller converts the weights, before building an optimizer)."""
+def feed_channels_last(backbone: nn.Module) -> None:
+    """Give ``backbone`` channels_last weights and, through a forward pre-hook, channels_last inputs.
 
-    def __init__(self, backbone: ConvNeXt, precision: str, device: torch.device, channels_last: bool) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.precision = precision
-        self.device = device
-        self.channels_last = channels_last
+    The parameters stay the same objects (their data is converted), so an optimizer holds them
+    whether it is built before or after.
+    """
+    backbone.to(memory_format=torch.channels_last)
+    backbone.register_forward_pre_hook(
+        lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The backbone's features of ``x``."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.precision, self.device):
-            return self.backbone(x)
+
+def inference(run: Callable[[], Any], precision: str, device: torch.device) -> Callable[[], Any]:
+    """``run`` without gradients and under autocast to ``precision``."""
+
+    def wrapped() -> Any:
+        with torch.no_grad(), autocast(precision, device):
+            return run()
+
+    return wrapped
 
 
 @dataclass
@@ -332,22 +336,17 @@ def synthetic_batch(model: nn.Module, scope: str, batch_size: int, shape: tuple[
 
 def train_case(cfg: Config, weights: dict[str, torch.Tensor], with_cp: bool, args: argparse.Namespace,
                precision: str, device: torch.device, label: str) -> Case:
-    """A training step of our model with ``weights``, ``with_cp`` on the backbone, the config's
-    optimizer (as a plain OptimWrapper) and a batch with random targets."""
+    """A training step of our model with ``weights``, ``with_cp`` on the backbone, the optimizer of
+    ``cfg`` (its precision set already) and a batch with random targets."""
     model = build_model(dict(cfg.model, backbone=dict(cfg.model.backbone, with_cp=with_cp)))
     model.load_state_dict(weights)
     model.to(device).train()
     if args.channels_last:
-        model.backbone.to(memory_format=torch.channels_last)
-    optim_cfg = cfg.optim_wrapper.copy()
-    optim_cfg.type = OptimWrapper.__name__
-    for key in AMP_ONLY_KEYS:
-        optim_cfg.pop(key, None)
-    optim_wrapper = build_optim_wrapper(model, optim_cfg)
-    model.backbone = OurBackbone(model.backbone, precision, device, args.channels_last)
+        feed_channels_last(model.backbone)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     batch = synthetic_batch(model, cfg.default_scope, args.batch_size, args.shape, with_targets=True)
     return Case(f'{cfg.model.type} train step', label + (' with_cp' if with_cp else ''), precision,
-                lambda: model.train_step(batch, optim_wrapper), model.backbone.backbone)
+                lambda: model.train_step(batch, optim_wrapper), model.backbone)
 
 
 @contextlib.contextmanager
@@ -420,7 +419,7 @@ def measure(case: Case, args: argparse.Namespace, device: torch.device, bar: Pro
 
 
 def environment(device: torch.device, weights: str) -> dict:
-    """The hardware, thread count and weights of the run."""
+    """The hardware and thread count of the run, and where its ``weights`` came from."""
     if device.type == 'cuda':
         hardware = dict(gpu=torch.cuda.get_device_name(device))
     else:
@@ -469,8 +468,6 @@ def main() -> None:
         precision = resolve_precision(args.precision, device)
     except ValueError as error:
         raise SystemExit(f'error: {error}') from None
-    if precision == 'fp16' and device.type == 'cpu':
-        raise SystemExit('error: fp16 needs a CUDA device; on a CPU use bf16 or fp32.')
     cfg = load_config(args.config, args.cfg_options)
     args.shape = tuple(args.shape or default_shape(cfg))
     if args.threads:
@@ -480,32 +477,32 @@ def main() -> None:
     torch.manual_seed(0)
     ours = build_model(cfg.model)
     try:
-        weights = initialise(ours, cfg, args.checkpoint)
+        origin = initialise(ours, cfg, args.checkpoint)
     except CheckpointError as error:
         hint = '' if args.checkpoint else ' Or --cfg-options model.backbone.init_cfg=None for random weights.'
         raise SystemExit(f'error: {error}{hint}') from None
     ours.to(device)
     if args.channels_last:
-        ours.backbone.to(memory_format=torch.channels_last)
+        feed_channels_last(ours.backbone)
+    autocast_test_step(ours, precision)
     images = torch.randn(args.batch_size, 3, *args.shape, generator=torch.Generator().manual_seed(0)).to(device)
     peers, notes = build_peers(cfg, ours, device) if args.compare else ([], [])
-    state = ours.state_dict()
-    backbone = ours.backbone
-    ours.backbone = OurBackbone(backbone, precision, device, args.channels_last)
     label = 'ours, channels_last' if args.channels_last else 'ours'
     batch = synthetic_batch(ours, cfg.default_scope, args.batch_size, args.shape, with_targets=False)
     test_step = f'{cfg.model.type} test_step'
-    cases = [Case('backbone', label, precision, torch.no_grad()(lambda: ours.backbone(images)), backbone)]
-    cases += [Case('backbone', peer.implementation, 'fp32', torch.no_grad()(lambda peer=peer: peer.backbone(images)),
-                   peer.backbone, max_abs_diff(backbone, peer, images)) for peer in peers]
-    cases.append(Case(test_step, label, precision, torch.no_grad()(lambda: ours.test_step(batch)), backbone))
-    cases += [Case(test_step, peer.implementation, 'fp32',
-                   torch.no_grad()(lambda peer=peer: peer.model.test_step(batch)), peer.backbone)
-              for peer in peers if peer.model]
+    cases = [Case('backbone', label, precision, inference(lambda: ours.backbone(images), precision, device),
+                  ours.backbone)]
+    cases += [Case('backbone', peer.implementation, 'fp32', inference(lambda p=peer: p.backbone(images), 'fp32', device),
+                   peer.backbone, max_abs_diff(ours.backbone, peer, images)) for peer in peers]
+    cases.append(Case(test_step, label, precision, torch.no_grad()(lambda: ours.test_step(batch)), ours.backbone))
+    cases += [Case(test_step, peer.implementation, 'fp32', torch.no_grad()(lambda p=peer: p.model.test_step(batch)),
+                   peer.backbone) for peer in peers if peer.model]
 
     bar = ProgressBar((len(cases) + 2 * args.train) * (args.warmup + args.repeats), file=sys.stderr)
     rows = [measure(case, args, device, bar) for case in cases]
     if args.train:
+        set_training_precision(cfg, precision)
+        state = ours.state_dict()
         try:
             rows += [measure(train_case(cfg, state, with_cp, args, precision, device, label), args, device, bar)
                      for with_cp in (False, True)]
@@ -517,7 +514,7 @@ def main() -> None:
     for row in rows:
         row.ratio = row.p50_ms / ours_p50[row.model]
 
-    env = environment(device, weights)
+    env = environment(device, origin)
     print(report(env, notes, rows))
     if args.json:
         with open(args.json, 'w') as file:
