@@ -1,0 +1,525 @@
+"""Speed and memory of a detector or segmentor config, and of mmdet's, mmseg's and timm's ConvNeXt beside it.
+
+    python tools/analysis/benchmark.py CONFIG [CKPT] [--shape H W] [--batch-size N] [--precision P]
+        [--device DEV] [--threads N] [--warmup N] [--repeats N] [--channels-last] [--compare] [--train]
+        [--json OUT] [--cfg-options KEY=VALUE ...]
+
+One table row per case:
+
+* ``backbone``: ``model.backbone`` on a batch of random normalised images of ``--shape``;
+* ``<model> test_step``: the whole model's ``test_step`` (data preprocessor, inference, post-processing)
+  on a batch of random uint8 images of ``--shape`` with their metadata, as a dataloader yields them;
+* with ``--train``, ``<model> train step``: ``train_step`` (forward, losses, backward and a step of the
+  config's optimizer with its LR-decay groups) on random images with random boxes and masks, or label
+  maps, once as configured and once with ``with_cp=True`` (gradient checkpointing) on the backbone;
+* with ``--compare``, for the ConvNeXt-T V1 configs: mmdet's or mmseg's own ConvNeXt config (mmpretrain
+  backbone) in both inference cases, and timm's ``features_only`` ConvNeXt-T in the backbone case, all
+  with our model's weights. Other archs have no peer: ``--compare`` says so and benchmarks ours only.
+
+Columns: p50/p90 ms are the latency of one batch over ``--repeats`` timed runs after ``--warmup`` runs;
+images/s is batch size / p50. Peak MB is the most memory a case needed above what the process held when
+the case began (models already built do not count; the gradients and optimizer state of a training step
+do): on a CPU the rise of the resident-set high-water mark (Linux VmHWM, reset per case through
+/proc/self/clear_refs, after glibc's malloc_trim has returned freed heap, so that heap kept from an
+earlier case cannot hide a case's growth), on CUDA ``torch.cuda.max_memory_allocated``. Ratio is the
+row's p50 over ours in the same case: peer time / ours, with_cp time / without. Max abs diff is the
+largest difference between a peer's backbone outputs and ours (for timm, our stages before the output
+norms, which its features_only model does not have), both in fp32 on the benchmark input: it shows that
+both run the same weights. The JSON rows also hold the dtype the backbone's convolutions and linear
+layers computed in and the shape of every backbone input of the first run (sliding-window inference
+calls the backbone once per crop; training pads to the data preprocessor's ``size``).
+
+``--precision`` applies to our model as ``tools/test.py`` and ``tools/train.py`` apply it: autocast
+around the backbone case and the whole ``test_step`` (predictions back in fp32; on CPUs mmcv's RoIAlign
+and nms compute in fp32, see :mod:`backbones.precision`), and the training precision's optim wrapper
+(``set_training_precision``: OptimWrapper, AmpOptimWrapper on CUDA, AutocastOptimWrapper for bf16 on
+CPUs). ``--channels-last`` gives our backbone channels_last weights and inputs (its outputs stay
+contiguous NCHW for mmcv's RoIAlign). The peers run in fp32 and NCHW, as their own tools run them.
+
+Weights: CKPT, read strictly in any format ``tools/test.py`` reads (through mmengine's checkpoint
+loader, which ``import backbones`` makes the project's safe one); without CKPT, the config's
+initialisation: random, unless the backbone's init_cfg names pre-trained weights (``--cfg-options
+model.backbone.init_cfg=None`` for none). SyncBN layers (Cascade's box heads) run as BatchNorm: one
+process. On random images with random weights, how many detections pass a detector's score threshold is
+arbitrary (with COCO's 80 classes usually none, leaving the mask head idle): for a fixed workload use
+``--cfg-options model.test_cfg.rcnn.score_thr=0`` (then ``max_per_img`` detections reach the mask head),
+or a trained CKPT; ``model.test_cfg`` is given to the peers as well.
+"""
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os.path as osp
+import re
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
+from mmengine.model import revert_sync_batchnorm  # noqa: E402
+from mmengine.optim import build_optim_wrapper  # noqa: E402
+from mmengine.registry import MODELS, init_default_scope  # noqa: E402
+from mmengine.structures import InstanceData, PixelData  # noqa: E402
+from mmengine.utils import ProgressBar, get_installed_path  # noqa: E402
+from torch import nn  # noqa: E402
+
+from backbones import ConvNeXt  # noqa: E402
+from backbones.checkpoint import load_model_weights  # noqa: E402
+from backbones.checkpoint_io import CheckpointError  # noqa: E402
+from backbones.convnext import V1_ARCHS  # noqa: E402
+from backbones.runtime import DictAction, autocast, autocast_test_step, default_device, load_config  # noqa: E402
+from backbones.runtime import resolve_precision, set_training_precision  # noqa: E402
+
+# mmdet's and mmseg's own ConvNeXt-T configs (mmpretrain backbone), by model type, and timm's ConvNeXt-T.
+MM_PEERS = {
+    'MaskRCNN': ('mmdet', 'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'),
+    'CascadeRCNN': ('mmdet', 'convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'),
+    'EncoderDecoder': ('mmseg', 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'),
+}
+TIMM_PEER = 'convnext_tiny'
+PEER_ARCH = ('v1', V1_ARCHS['tiny']['depths'], V1_ARCHS['tiny']['dims'], (0, 1, 2, 3))  # with out_indices
+# Our (timm) backbone names -> mmpretrain's, for ConvNeXt V1; backbones.checkpoint reads them back.
+MMPRETRAIN_NAMES = (
+    (r'^stem\.(\d)\.', r'downsample_layers.0.\1.'),
+    (r'^stages\.(\d)\.downsample\.(\d)\.', r'downsample_layers.\1.\2.'),
+    (r'^stages\.(\d)\.blocks\.(\d+)\.', r'stages.\1.\2.'),
+    (r'\.conv_dw\.', '.depthwise_conv.'),
+    (r'\.mlp\.fc(\d)\.', r'.pointwise_conv\1.'),
+    (r'^out_norms\.(\d)\.', r'norm\1.'),
+)
+BOXES_PER_IMAGE = 3
+MB = 2**20
+COLUMNS = ('model', 'implementation', 'precision', 'batch', 'shape', 'images/s', 'p50 ms', 'p90 ms', 'peak MB',
+           'ratio', 'max abs diff')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint to load (default: the config\'s initialisation)')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='input height and width (default: 800 1344 for detection, one crop for segmentation)')
+    parser.add_argument('--batch-size', type=int, default=1, help='images per batch (default: 1)')
+    parser.add_argument('--precision', default='auto',
+                        help='auto (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32), fp32, bf16 or fp16')
+    parser.add_argument('--device', default=default_device(), help='cpu or cuda[:N] (default: cuda where available)')
+    parser.add_argument('--threads', type=int, help='torch CPU threads (torch.set_num_threads)')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed runs first, at least 1 (default: 3)')
+    parser.add_argument('--repeats', type=int, default=20, help='timed runs (default: 20)')
+    parser.add_argument('--channels-last', action='store_true', help='our backbone\'s input and weights channels_last')
+    parser.add_argument('--compare', action='store_true', help='also mmdet\'s/mmseg\'s and timm\'s ConvNeXt-T')
+    parser.add_argument('--train', action='store_true', help='also training steps, with and without with_cp')
+    parser.add_argument('--json', metavar='OUT', help='write the rows to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
+    args = parser.parse_args()
+    for name in ('batch_size', 'warmup', 'repeats', 'threads'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be at least 1')
+    return args
+
+
+def default_shape(cfg: Config) -> tuple[int, int]:
+    """800x1344 for detection (an 800x1333 COCO image padded to a multiple of 32), the crop size for
+    segmentation (one sliding window)."""
+    if cfg.default_scope == 'mmdet':
+        return 800, 1344
+    return tuple(cfg.model.data_preprocessor.size)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device named on the command line; one ``error:`` line if it cannot be used here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SystemExit(f'error: {error}') from None
+    if device.type != 'cpu' and not (device.type == 'cuda' and torch.cuda.is_available()):
+        raise SystemExit(f'error: device {name} is not available: use cpu or, with a CUDA GPU, cuda.')
+    return device
+
+
+def feed_channels_last(backbone: nn.Module) -> None:
+    """Give ``backbone`` channels_last weights and, through a forward pre-hook, channels_last inputs.
+
+    The parameters stay the same objects (their data is converted), so an optimizer holds them
+    whether it is built before or after.
+    """
+    backbone.to(memory_format=torch.channels_last)
+    backbone.register_forward_pre_hook(
+        lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
+
+
+def inference(run: Callable[[], Any], precision: str, device: torch.device) -> Callable[[], Any]:
+    """``run`` without gradients and under autocast to ``precision``."""
+
+    def wrapped() -> Any:
+        with torch.no_grad(), autocast(precision, device):
+            return run()
+
+    return wrapped
+
+
+@dataclass
+class Peer:
+    """Another implementation with our weights.
+
+    Attributes:
+        implementation: Its name in the table.
+        backbone: Its backbone (timm: the whole features_only model).
+        model: Its whole model; None for a backbone alone.
+        raw_stages: Whether its backbone outputs are stage outputs without output norms (timm).
+    """
+    implementation: str
+    backbone: nn.Module
+    model: nn.Module | None
+    raw_stages: bool
+
+
+@dataclass
+class Case:
+    """One benchmarked callable and its table labels; ``backbone`` is observed in the first run."""
+    model: str
+    implementation: str
+    precision: str
+    run: Callable[[], Any]
+    backbone: nn.Module
+    max_abs_diff: float | None = None
+
+
+@dataclass
+class Observed:
+    """What a backbone did in one run: the dtypes its convolutions and linear layers output, and the
+    shape of each of its inputs."""
+    dtypes: set[str] = field(default_factory=set)
+    inputs: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """One line of the table and of the JSON file (see the module docstring for the columns)."""
+    model: str
+    implementation: str
+    precision: str
+    batch: int
+    shape: str
+    images_per_s: float
+    p50_ms: float
+    p90_ms: float
+    peak_mb: float
+    ratio: float | None
+    max_abs_diff: float | None
+    compute_dtype: str
+    backbone_inputs: list[list[int]]
+
+
+def build_model(model_cfg: dict) -> nn.Module:
+    """The model of ``model_cfg`` on the CPU in eval mode, SyncBN layers as BatchNorm (one process)."""
+    return revert_sync_batchnorm(MODELS.build(model_cfg)).eval()
+
+
+def initialise(model: nn.Module, cfg: Config, checkpoint: str | None) -> str:
+    """Load ``checkpoint`` strictly into ``model``, else initialise it as training starts; say which.
+
+    Raises:
+        CheckpointError: A missing or unusable checkpoint, or one that does not fit the model.
+    """
+    if checkpoint:
+        load_model_weights(model, checkpoint, MMLogger.get_current_instance())
+        return checkpoint
+    model.init_weights()
+    init_cfg = cfg.model.backbone.get('init_cfg')
+    if init_cfg and init_cfg.get('type') == 'Pretrained':
+        return f'no CKPT: backbone from {init_cfg.checkpoint}, neck and heads random init'
+    return 'no CKPT: random init'
+
+
+def to_mmpretrain(backbone_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our ConvNeXt V1 backbone's state dict in mmpretrain's parameter names."""
+    renamed = {}
+    for key, value in backbone_state.items():
+        for pattern, name in MMPRETRAIN_NAMES:
+            key = re.sub(pattern, name, key)
+        renamed[key] = value
+    return renamed
+
+
+def build_peers(cfg: Config, ours: nn.Module, device: torch.device) -> tuple[list[Peer], list[str]]:
+    """timm's ConvNeXt-T and the mmdet/mmseg config of our model's type, with our model's weights, on
+    ``device``; and one line for each peer that cannot be compared."""
+    backbone = ours.backbone
+    arch = (backbone.version, backbone.depths, backbone.dims, backbone.out_indices)
+    if arch != PEER_ARCH:
+        return [], ['--compare: no peer for ConvNeXt {} depths {} dims {} out_indices {} (mmdet, mmseg and timm have '
+                    'ConvNeXt-T V1, all four stages out); benchmarking ours only.'.format(*arch)]
+    backbone_state = backbone.state_dict()
+    features = timm.create_model(TIMM_PEER, features_only=True, out_indices=backbone.out_indices)
+    features.load_state_dict({re.sub(r'^(stem|stages)\.(\d)\.', r'\1_\2.', k): v for k, v in backbone_state.items()
+                              if not k.startswith('out_norms.')})
+    peers = [Peer('timm features_only', features.to(device).eval(), None, raw_stages=True)]
+    if cfg.model.type not in MM_PEERS:
+        return peers, [f'--compare: no mmdet/mmseg ConvNeXt config for {cfg.model.type}; comparing backbones '
+                       'with timm only.']
+    package, relative_path = MM_PEERS[cfg.model.type]
+    peer_path = osp.join(get_installed_path(package), '.mim', 'configs', relative_path)
+    peer_cfg = Config.fromfile(peer_path)
+    peer_cfg.model.backbone.init_cfg = None
+    peer_cfg.model.test_cfg = cfg.model.test_cfg  # the same work after the backbone, --cfg-options included
+    peer = build_model(peer_cfg.model)
+    state = {**{f'backbone.{k}': v for k, v in to_mmpretrain(backbone_state).items()},
+             **{k: v for k, v in ours.state_dict().items() if not k.startswith('backbone.')}}
+    expected = peer.state_dict()
+    mismatch = next((k for k in sorted(expected.keys() | state.keys())
+                     if k not in expected or k not in state or expected[k].shape != state[k].shape), None)
+    if mismatch:
+        return peers, [f'--compare: {package}::{relative_path} does not have this config\'s model (first '
+                       f'difference: {mismatch}); comparing backbones with timm only.']
+    peer.load_state_dict(state)
+    peer.to(device)
+    peers.insert(0, Peer(f'{package} config', peer.backbone, peer, raw_stages=False))
+    return peers, []
+
+
+@torch.no_grad()
+def max_abs_diff(ours: ConvNeXt, peer: Peer, images: torch.Tensor) -> float:
+    """The largest difference between the peer's backbone outputs and ours on ``images``, in fp32."""
+    if peer.raw_stages:
+        stages = ours.forward_stages(images)
+        mine = [stages[i] for i in ours.out_indices]
+    else:
+        mine = ours(images)
+    theirs = peer.backbone(images)
+    return max((a - b).abs().max().item() for a, b in zip(mine, theirs, strict=True))
+
+
+def synthetic_batch(model: nn.Module, scope: str, batch_size: int, shape: tuple[int, int],
+                    with_targets: bool) -> dict:
+    """Random uint8 images of ``shape`` with their metadata, as a dataloader yields them; with
+    ``with_targets``, random boxes and masks of class 0 (detection) or random label maps (segmentation)."""
+    generator = torch.Generator().manual_seed(0)
+    height, width = shape
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, scale_factor=(1.0, 1.0), flip=False)
+    inputs, samples = [], []
+    for _ in range(batch_size):
+        inputs.append(torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator))
+        if scope == 'mmdet':
+            from mmdet.structures import DetDataSample
+            from mmdet.structures.mask import BitmapMasks
+            sample = DetDataSample(metainfo=meta)
+            if with_targets:
+                corners = torch.rand(BOXES_PER_IMAGE, 2, 2, generator=generator) * torch.tensor([width, height])
+                boxes = torch.cat([corners.amin(dim=1), corners.amax(dim=1) + 4], dim=1).round()
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(max=width)
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(max=height)
+                masks = np.zeros((BOXES_PER_IMAGE, height, width), dtype=np.uint8)
+                for mask, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist()):
+                    mask[y1:y2, x1:x2] = 1
+                sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.zeros(BOXES_PER_IMAGE, dtype=torch.long),
+                                                   masks=BitmapMasks(masks, height, width))
+        else:
+            from mmseg.structures import SegDataSample
+            sample = SegDataSample(metainfo=meta)
+            if with_targets:
+                labels = torch.randint(0, model.decode_head.num_classes, (1, height, width), generator=generator)
+                sample.gt_sem_seg = PixelData(data=labels)
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def train_case(cfg: Config, weights: dict[str, torch.Tensor], with_cp: bool, args: argparse.Namespace,
+               precision: str, device: torch.device, label: str) -> Case:
+    """A training step of our model with ``weights``, ``with_cp`` on the backbone, the optimizer of
+    ``cfg`` (its precision set already) and a batch with random targets."""
+    model = build_model(dict(cfg.model, backbone=dict(cfg.model.backbone, with_cp=with_cp)))
+    model.load_state_dict(weights)
+    model.to(device).train()
+    if args.channels_last:
+        feed_channels_last(model.backbone)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    batch = synthetic_batch(model, cfg.default_scope, args.batch_size, args.shape, with_targets=True)
+    return Case(f'{cfg.model.type} train step', label + (' with_cp' if with_cp else ''), precision,
+                lambda: model.train_step(batch, optim_wrapper), model.backbone)
+
+
+@contextlib.contextmanager
+def observe(backbone: nn.Module) -> Iterator[Observed]:
+    """Record what ``backbone`` does inside the ``with`` block."""
+    observed = Observed()
+    handles = [backbone.register_forward_pre_hook(lambda _, args: observed.inputs.append(list(args[0].shape)))]
+    handles += [layer.register_forward_hook(lambda _, __, out: observed.dtypes.add(str(out.dtype).split('.')[1]))
+                for layer in backbone.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    try:
+        yield observed
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def status_mb(field_name: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
+    with open('/proc/self/status') as status:
+        line = next(line for line in status if line.startswith(f'{field_name}:'))
+    return int(line.split()[1]) / 1024
+
+
+def start_memory_window(device: torch.device) -> float:
+    """Start a case's memory window (see the module docstring); return the memory in use now, in MB."""
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / MB
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+    with open('/proc/self/clear_refs', 'w') as clear_refs:
+        clear_refs.write('5')  # VmHWM := VmRSS
+    return status_mb('VmRSS')
+
+
+def peak_memory(device: torch.device) -> float:
+    """The memory high-water mark since :func:`start_memory_window`, in MB."""
+    return torch.cuda.max_memory_allocated(device) / MB if device.type == 'cuda' else status_mb('VmHWM')
+
+
+def timed(run: Callable[[], Any], device: torch.device) -> float:
+    """Seconds that ``run()`` takes, its CUDA work included."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    begin = time.perf_counter()
+    run()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - begin
+
+
+def measure(case: Case, args: argparse.Namespace, device: torch.device, bar: ProgressBar) -> Row:
+    """Run ``case`` ``args.warmup`` times, observing the first run, then ``args.repeats`` timed times."""
+    start = start_memory_window(device)
+    with observe(case.backbone) as observed:
+        timed(case.run, device)
+    bar.update()
+    latencies = []
+    for index in range(1, args.warmup + args.repeats):
+        latency = timed(case.run, device)
+        if index >= args.warmup:
+            latencies.append(latency)
+        bar.update()
+    p50, p90 = (float(value) for value in np.percentile(latencies, [50, 90]) * 1000)
+    return Row(case.model, case.implementation, case.precision, args.batch_size, f'{args.shape[0]}x{args.shape[1]}',
+               images_per_s=args.batch_size * 1000 / p50, p50_ms=p50, p90_ms=p90,
+               peak_mb=peak_memory(device) - start, ratio=None, max_abs_diff=case.max_abs_diff,
+               compute_dtype='+'.join(sorted(observed.dtypes)), backbone_inputs=observed.inputs)
+
+
+def environment(device: torch.device, weights: str) -> dict:
+    """The hardware and thread count of the run, and where its ``weights`` came from."""
+    if device.type == 'cuda':
+        hardware = dict(gpu=torch.cuda.get_device_name(device))
+    else:
+        hardware = dict(cpu_flags=dict(avx512_bf16=torch.cpu._is_avx512_bf16_supported(),
+                                       amx=torch.cpu._is_amx_tile_supported(), avx2=torch.cpu._is_avx2_supported()))
+    return dict(device=str(device), **hardware, threads=torch.get_num_threads(), torch=torch.__version__,
+                weights=weights)
+
+
+def shape_cell(row: Row) -> str:
+    """The input shape, and the backbone's input shapes where they differ (padding, sliding-window crops)."""
+    seen = Counter(f'{height}x{width}' for *_, height, width in row.backbone_inputs)
+    if list(seen) == [row.shape] and seen[row.shape] == 1:
+        return row.shape
+    return f'{row.shape} (backbone: {", ".join(f"{count} x {shape}" for shape, count in seen.items())})'
+
+
+def report(env: dict, notes: list[str], rows: list[Row]) -> str:
+    """The header line, the weights, the notes, the markdown table and, with training rows, what with_cp saved."""
+    if 'gpu' in env:
+        hardware = f'GPU {env["gpu"]}'
+    else:
+        hardware = 'CPU ' + ' '.join(f'{flag}={"yes" if on else "no"}' for flag, on in env['cpu_flags'].items())
+    lines = [f'{hardware}; torch {env["torch"]}, {env["threads"]} threads', f'weights: {env["weights"]}', *notes, '',
+             '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    for row in rows:
+        cells = (row.model, row.implementation, row.precision, row.batch, shape_cell(row), f'{row.images_per_s:.2f}',
+                 f'{row.p50_ms:.1f}', f'{row.p90_ms:.1f}', f'{row.peak_mb:.0f}', f'{row.ratio:.2f}',
+                 '-' if row.max_abs_diff is None else f'{row.max_abs_diff:.1e}')
+        lines.append('| ' + ' | '.join(map(str, cells)) + ' |')
+    training = [row for row in rows if row.model.endswith('train step')]
+    if training:
+        plain, checkpointed = training
+        saved = plain.peak_mb - checkpointed.peak_mb
+        lines += ['', f'with_cp: peak memory {plain.peak_mb:.0f} MB -> {checkpointed.peak_mb:.0f} MB ({saved:.0f} MB, '
+                      f'{100 * saved / plain.peak_mb:.0f}% less); step time x{checkpointed.ratio:.2f}']
+    return '\n'.join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    if not osp.isfile(args.config):
+        raise SystemExit(f'error: config not found: {args.config}')
+    device = resolve_device(args.device)
+    try:
+        precision = resolve_precision(args.precision, device)
+    except ValueError as error:
+        raise SystemExit(f'error: {error}') from None
+    cfg = load_config(args.config, args.cfg_options)
+    args.shape = tuple(args.shape or default_shape(cfg))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    init_default_scope(cfg.default_scope)
+    torch.manual_seed(0)
+    ours = build_model(cfg.model)
+    try:
+        origin = initialise(ours, cfg, args.checkpoint)
+    except CheckpointError as error:
+        hint = '' if args.checkpoint else ' Or --cfg-options model.backbone.init_cfg=None for random weights.'
+        raise SystemExit(f'error: {error}{hint}') from None
+    ours.to(device)
+    if args.channels_last:
+        feed_channels_last(ours.backbone)
+    autocast_test_step(ours, precision)
+    images = torch.randn(args.batch_size, 3, *args.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    peers, notes = build_peers(cfg, ours, device) if args.compare else ([], [])
+    label = 'ours, channels_last' if args.channels_last else 'ours'
+    batch = synthetic_batch(ours, cfg.default_scope, args.batch_size, args.shape, with_targets=False)
+    test_step = f'{cfg.model.type} test_step'
+    cases = [Case('backbone', label, precision, inference(lambda: ours.backbone(images), precision, device),
+                  ours.backbone)]
+    cases += [Case('backbone', peer.implementation, 'fp32', inference(lambda p=peer: p.backbone(images), 'fp32', device),
+                   peer.backbone, max_abs_diff(ours.backbone, peer, images)) for peer in peers]
+    cases.append(Case(test_step, label, precision, torch.no_grad()(lambda: ours.test_step(batch)), ours.backbone))
+    cases += [Case(test_step, peer.implementation, 'fp32', torch.no_grad()(lambda p=peer: p.model.test_step(batch)),
+                   peer.backbone) for peer in peers if peer.model]
+
+    bar = ProgressBar((len(cases) + 2 * args.train) * (args.warmup + args.repeats), file=sys.stderr)
+    rows = [measure(case, args, device, bar) for case in cases]
+    if args.train:
+        set_training_precision(cfg, precision)
+        state = ours.state_dict()
+        try:
+            rows += [measure(train_case(cfg, state, with_cp, args, precision, device, label), args, device, bar)
+                     for with_cp in (False, True)]
+        except ValueError as error:  # e.g. BatchNorm after global pooling (UperNet's PPM) at --batch-size 1
+            sys.stderr.write('\n')  # end the progress bar's line
+            raise SystemExit(f'error: the training step failed: {error}') from None
+    print(file=sys.stderr)
+    ours_p50 = {row.model: row.p50_ms for row in rows if row.implementation == label}
+    for row in rows:
+        row.ratio = row.p50_ms / ours_p50[row.model]
+
+    env = environment(device, origin)
+    print(report(env, notes, rows))
+    if args.json:
+        with open(args.json, 'w') as file:
+            json.dump(dict(environment=env, notes=notes, rows=[asdict(row) for row in rows]), file, indent=2)
+
+
+if __name__ == '__main__':
+    main()
