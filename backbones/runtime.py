@@ -1,9 +1,10 @@
-"""Config preparation shared by ``tools/train.py`` and ``tools/test.py`` (mmdet and mmseg alike).
+"""Config preparation shared by the tools (train, test, infer; mmdet and mmseg alike).
 
 * :func:`load_config`: read a config, apply ``--cfg-options`` and set the launcher and work dir.
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the README section.
 * :func:`find_resume_checkpoint`: what ``--resume`` continues from, also after a crash.
+* :func:`enable_tta`: ``--tta``, the config's test-time augmentation model and pipeline.
 * :func:`adapt_to_cpu`: run the paper's GPU recipes on a machine without CUDA: fp32 instead of AMP
   (mmengine's ``AmpOptimWrapper`` cannot be built without a GPU), gloo instead of NCCL, and
   :class:`CPUDistributedDataParallel` for multi-process CPU training.
@@ -20,8 +21,8 @@ from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
-__all__ = ['DictAction', 'DatasetNotFoundError', 'adapt_to_cpu', 'check_datasets', 'find_resume_checkpoint',
-           'load_config', 'set_data_root']
+__all__ = ['DictAction', 'DatasetNotFoundError', 'adapt_to_cpu', 'check_datasets', 'enable_tta',
+           'find_resume_checkpoint', 'load_config', 'set_data_root']
 
 README_SECTIONS = {'CocoDataset': 'Datasets: COCO', 'ADE20KDataset': 'Datasets: ADE20K'}
 
@@ -125,6 +126,20 @@ def find_resume_checkpoint(work_dir: str) -> str | None:
     numbered = [(int(match[2]), path) for path in glob.glob(osp.join(work_dir, '*.pth'))
                 if (match := re.fullmatch(r'(epoch|iter)_(\d+)\.pth', osp.basename(path)))]
     return max(numbered)[1] if numbered else None
+
+
+def enable_tta(cfg: Config) -> None:
+    """Swap in the config's test-time augmentation: ``tta_model`` around ``model``, ``tta_pipeline`` as the
+    test pipeline (segmentation: scales 0.5 to 1.75 with flip).
+
+    Raises:
+        ValueError: The config has no ``tta_model`` or no ``tta_pipeline``.
+    """
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise ValueError(f'--tta needs tta_model and tta_pipeline in the config; {cfg.filename} has none.')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
 
 
 @MODEL_WRAPPERS.register_module()
