@@ -1,9 +1,10 @@
-"""Config preparation shared by ``tools/train.py`` and ``tools/test.py`` (mmdet and mmseg alike).
+"""Config preparation shared by the tools (train, test, infer; mmdet and mmseg alike).
 
 * :func:`load_config`: read a config, apply ``--cfg-options`` and set the launcher and work dir.
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the README section.
 * :func:`find_resume_checkpoint`: what ``--resume`` continues from, also after a crash.
+* :func:`enable_tta`: ``--tta``, the config's test-time augmentation model and pipeline.
 * :func:`resolve_precision`, :func:`autocast`, :func:`set_training_precision` and
   :func:`autocast_test_step`: ``--precision {auto,fp32,bf16,fp16}`` of the tools. The papers'
   AMP recipes train in bf16 on CPUs that compute it natively (mmengine's ``AmpOptimWrapper`` needs a
@@ -28,8 +29,8 @@ from mmengine.structures import BaseDataElement
 from torch import nn
 
 __all__ = ['DictAction', 'DatasetNotFoundError', 'PRECISIONS', 'adapt_to_cpu', 'autocast', 'autocast_test_step',
-           'check_datasets', 'cpu_supports_bf16', 'default_device', 'find_resume_checkpoint', 'load_config',
-           'resolve_precision', 'set_data_root', 'set_training_precision']
+           'check_datasets', 'cpu_supports_bf16', 'default_device', 'enable_tta', 'find_resume_checkpoint',
+           'load_config', 'resolve_precision', 'set_data_root', 'set_training_precision']
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -237,6 +238,20 @@ def autocast_test_step(model: nn.Module, precision: str) -> None:
         return _floats_to_fp32(predictions)
 
     model.test_step = autocast_step
+
+
+def enable_tta(cfg: Config) -> None:
+    """Swap in the config's test-time augmentation: ``tta_model`` around ``model``, ``tta_pipeline`` as the
+    test pipeline (segmentation: scales 0.5 to 1.75 with flip).
+
+    Raises:
+        ValueError: The config has no ``tta_model`` or no ``tta_pipeline``.
+    """
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise ValueError(f'--tta needs tta_model and tta_pipeline in the config; {cfg.filename} has none.')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
 
 
 @MODEL_WRAPPERS.register_module()

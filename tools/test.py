@@ -26,7 +26,7 @@ from mmengine.runner import Runner  # noqa: E402
 from backbones.checkpoint import load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
-from backbones.runtime import PRECISIONS, default_device, resolve_precision, set_data_root  # noqa: E402
+from backbones.runtime import PRECISIONS, default_device, enable_tta, resolve_precision, set_data_root  # noqa: E402
 from backbones.runtime import autocast_test_step  # noqa: E402
 
 
@@ -66,22 +66,16 @@ def enable_outputs(cfg: Config, out: str | None, show_dir: str | None) -> None:
             cfg.visualizer.save_dir = show_dir
 
 
-def enable_tta(cfg: Config) -> None:
-    """Swap in the config's TTA model and pipeline (multi-scale + flip)."""
-    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-        raise SystemExit(f'error: --tta needs tta_model and tta_pipeline in the config; {cfg.filename} has none.')
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-    cfg.tta_model.module = cfg.model
-    cfg.model = cfg.tta_model
-
-
 def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     cfg.load_from = None  # loaded below, strictly and in any supported format
     enable_outputs(cfg, args.out, args.show_dir)
     if args.tta:
-        enable_tta(cfg)
+        try:
+            enable_tta(cfg)
+        except ValueError as error:
+            raise SystemExit(f'error: {error}') from None
     if args.data_root:
         set_data_root(cfg, args.data_root)
     try:

@@ -1,0 +1,163 @@
+"""tools/infer.py on generated demo images, a video and broken inputs, against mmdet's and mmseg's own inference
+with the same weights."""
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+import torch
+from mmdet.apis import DetInferencer
+from mmengine.config import Config
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.registry import MODELS, init_default_scope
+from mmseg.apis import inference_model, init_model
+
+from backbones.runtime import enable_tta
+
+ensure_demo_data = runpy.run_path('tools/demo_data.py')['ensure_demo_data']
+ROOT = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONPATH=str(ROOT))  # this checkout's backbones, not an installed one
+DET_CONFIG = 'configs/demo/mask_rcnn_convnext_demo.py'
+SEG_CONFIG = 'configs/demo/upernet_convnext_demo.py'
+SIZE = 96
+MAX_DETECTIONS = 10  # per image: drawing the 100 of the config takes most of the time
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory) -> Path:
+    """Demo images (images/: two good ones and a corrupt one), a 3-frame video and a randomly initialised
+    checkpoint of each demo model (det.pth, seg.pth)."""
+    root = tmp_path_factory.mktemp('infer')
+    ensure_demo_data(root / 'data', num_train=1, num_val=2, image_size=SIZE, seed=1)
+    shutil.copytree(root / 'data' / 'coco' / 'val', root / 'images')
+    (root / 'images' / 'broken.jpg').write_bytes(b'\xff\xd8\xff' + bytes(200))
+    frame = cv2.imread(str(root / 'images' / 'val_00000.jpg'))
+    video = cv2.VideoWriter(str(root / 'clip.avi'), cv2.VideoWriter_fourcc(*'MJPG'), 5, (SIZE, SIZE))
+    for shift in range(3):
+        video.write(np.roll(frame, 8 * shift, axis=1))
+    video.release()
+    for name, config in (('det', DET_CONFIG), ('seg', SEG_CONFIG)):
+        cfg = Config.fromfile(config)
+        init_default_scope(cfg.default_scope)
+        cfg.model.backbone.init_cfg = None
+        torch.manual_seed(0)
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+        torch.save({'state_dict': model.state_dict(), 'meta': {}}, root / f'{name}.pth')
+    return root
+
+
+# fp32, as the peers it is compared with run (the tool's default, auto, is bf16 on CPUs that compute it natively).
+FP32 = ['--precision', 'fp32']
+
+
+def infer(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, 'tools/infer.py', *args, *FP32], capture_output=True, text=True, env=ENV)
+
+
+def infer_here(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    """Run the tool in this process: a subprocess spends most of its time importing. Python prints the
+    message of a SystemExit as one line on stderr and exits with status 1."""
+    monkeypatch.setattr(sys, 'argv', ['tools/infer.py', *args, *FP32])
+    runpy.run_path('tools/infer.py', run_name='__main__')
+
+
+def warning_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith('warning:')]
+
+
+def test_detection_writes_coco_results_equal_to_mmdets_inferencer(demo, tmp_path) -> None:
+    out = tmp_path / 'out'
+    result = infer(DET_CONFIG, str(demo / 'det.pth'), str(demo / 'images'), '--out', str(out), '--score-thr', '0.1',
+                   '--device', 'cpu', '--cfg-options', f'model.test_cfg.rcnn.max_per_img={MAX_DETECTIONS}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr
+    assert warning_lines(result) == [f'warning: skipping {demo / "images" / "broken.jpg"}: not a readable image']
+
+    records = json.loads((out / 'results.json').read_text())
+    assert {record['image'] for record in records} == {'val_00000.jpg', 'val_00001.jpg'}
+    cfg = Config.fromfile(DET_CONFIG)
+    cfg.model.test_cfg.rcnn.max_per_img = MAX_DETECTIONS
+    mmdet = DetInferencer(cfg, weights=str(demo / 'det.pth'), device='cpu', show_progress=False)
+    classes = cfg.demo_metainfo['classes']
+    for image in ('val_00000.jpg', 'val_00001.jpg'):
+        ours = [record for record in records if record['image'] == image]
+        theirs = mmdet(str(demo / 'images' / image), return_datasamples=True)['predictions'][0].pred_instances
+        theirs = theirs[theirs.scores >= 0.1].numpy()
+        assert 0 < len(ours) == len(theirs) <= MAX_DETECTIONS
+        boxes = np.array([record['bbox'] for record in ours])
+        np.testing.assert_allclose(boxes[:, :2], theirs.bboxes[:, :2], atol=1e-3)
+        np.testing.assert_allclose(boxes[:, :2] + boxes[:, 2:], theirs.bboxes[:, 2:], atol=1e-3)
+        np.testing.assert_array_equal([record['score'] for record in ours], theirs.scores)
+        assert [record['category_id'] for record in ours] == theirs.labels.tolist()
+        assert [record['category_name'] for record in ours] == [classes[label] for label in theirs.labels]
+        masks = np.stack([mask_utils.decode(record['segmentation']) for record in ours])
+        assert masks.shape == (len(ours), SIZE, SIZE)
+        assert (masks == theirs.masks).all()
+        assert cv2.imread(str(out / 'vis' / image.replace('.jpg', '.png'))).shape == (SIZE, SIZE, 3)
+
+
+def test_segmentation_labels_are_the_models_argmax_for_images_and_video_frames(demo, tmp_path) -> None:
+    out = tmp_path / 'out'
+    result = infer(SEG_CONFIG, str(demo / 'seg.pth'), str(demo / 'images' / 'val_*.jpg'), str(demo / 'clip.avi'),
+                   '--out', str(out), '--batch-size', '2', '--device', 'cpu')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert warning_lines(result) == []
+
+    model = init_model(SEG_CONFIG, str(demo / 'seg.pth'), device='cpu')
+    capture = cv2.VideoCapture(str(demo / 'clip.avi'))
+    frames = [capture.read()[1] for _ in range(3)]
+    inputs = {'val_00000': str(demo / 'images' / 'val_00000.jpg'), 'val_00001': str(demo / 'images' / 'val_00001.jpg'),
+              **{f'clip_{index}': frame for index, frame in enumerate(frames)}}
+    assert sorted(path.name for path in (out / 'labels').iterdir()) == sorted(f'{stem}.png' for stem in inputs)
+    for stem, image in inputs.items():
+        labels = cv2.imread(str(out / 'labels' / f'{stem}.png'), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint8 and labels.shape == (SIZE, SIZE)
+        expected = inference_model(model, image).seg_logits.data.argmax(dim=0).numpy()
+        assert (labels == expected).all()
+        assert cv2.imread(str(out / 'vis' / f'{stem}.png')).shape == (SIZE, SIZE, 3)
+
+
+def test_segmentation_tta_is_the_configs_tta_model(demo, tmp_path, monkeypatch) -> None:
+    image = tmp_path / 'crop.png'  # 12 passes, at 0.5 to 1.75 times the size: a small image, lossless
+    cv2.imwrite(str(image), cv2.imread(str(demo / 'images' / 'val_00001.jpg'))[8:72, 16:80])
+    infer_here(monkeypatch, SEG_CONFIG, str(demo / 'seg.pth'), str(image), '--tta', '--out', str(tmp_path),
+               '--device', 'cpu')
+
+    cfg = Config.fromfile(SEG_CONFIG)
+    enable_tta(cfg)
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model).eval()
+    model.module.load_state_dict(torch.load(demo / 'seg.pth')['state_dict'])
+    test_time_aug = cfg.tta_pipeline[1]
+    test_time_aug.transforms = [step for step in test_time_aug.transforms if step[0].type != 'LoadAnnotations']
+    assert len(test_time_aug.transforms[0]) * len(test_time_aug.transforms[1]) == 12  # scales x flips
+    data = pseudo_collate([Compose(cfg.tta_pipeline)(dict(img_path=str(image)))])
+    with torch.no_grad():
+        expected = model.test_step(data)[0].pred_sem_seg.data[0].numpy()
+    labels = cv2.imread(str(tmp_path / 'labels' / 'crop.png'), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == (64, 64) and (labels == expected).all()
+
+
+@pytest.mark.parametrize('case', ['pattern matching nothing', 'broken checkpoint', 'missing config'])
+def test_unusable_arguments_are_one_error_line(demo, tmp_path, monkeypatch, capsys, case: str) -> None:
+    pattern, checkpoint, config = str(tmp_path / '*.png'), demo / 'det.pth', DET_CONFIG
+    expected = f'error: nothing to run on: {pattern}: no file matches it'
+    if case == 'broken checkpoint':
+        pattern, checkpoint = str(demo / 'images'), tmp_path / 'det.pth'
+        checkpoint.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(100))
+        expected = f'error: Cannot load {checkpoint}: it is a PNG image, not a checkpoint.'
+    elif case == 'missing config':
+        config = 'configs/demo/no_such_config.py'
+        expected = f'error: config not found: {config}'
+    with pytest.raises(SystemExit) as exit_info:
+        infer_here(monkeypatch, config, str(checkpoint), pattern, '--out', str(tmp_path / 'out'), '--device', 'cpu')
+    assert exit_info.value.code == expected
+    assert capsys.readouterr().err == ''

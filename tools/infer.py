@@ -1,0 +1,317 @@
+"""Run a ConvNeXt detector (mmdet) or segmentor (mmseg) on your own images, folders, patterns and videos.
+
+    python tools/infer.py CONFIG CKPT INPUTS... --out DIR [--batch-size N] [--score-thr T] [--tta]
+                          [--precision {auto,fp32,bf16,fp16}] [--device DEVICE] [--cfg-options KEY=VALUE ...]
+
+INPUTS: image files, folders (searched recursively for .jpg, .png, .bmp, .tif, .webp, ... images), glob
+patterns (quoted: 'photos/**/*.jpg') and video files that OpenCV reads, whose frames become images named
+<video stem>_<frame index>. An image found in a folder or by a pattern is named by its path below that
+folder or below the pattern's wildcards, a file given by itself by its file name. DIR gets, for an image
+named <name> (<stem> without the extension):
+
+    vis/<stem>.png     the image with the predictions drawn. Detection: boxes, masks, class names and
+                       scores of the instances scoring at least --score-thr; segmentation: the class
+                       colours over the image, each class present labelled with its name.
+    results.json       detection: one list of COCO-style results, the instances scoring at least
+                       --score-thr: image (<name>), bbox [x, y, w, h], score, category_id (the class index
+                       in the config), category_name, segmentation (RLE, pycocotools; mask models).
+    labels/<stem>.png  segmentation: the class index (in the config) of every pixel, 8-bit below 256
+                       classes, else 16-bit.
+
+CKPT is loaded as tools/test.py loads it: checkpoints of tools/train.py or the official release, strictly.
+The class names and colours are the config's (its test set). --tta runs the config's test-time augmentation
+(segmentation: scales 0.5 to 1.75 with flip). --precision (default auto: fp16 on CUDA, bf16 on a CPU that
+computes it natively, else fp32) runs the model under autocast, as tools/test.py does. A batch holds consecutive images of one size. A file that is
+not a readable image or video is skipped with one warning line; the exit status is 0 when at least one image
+was processed.
+"""
+import argparse
+import glob
+import itertools
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+
+import cv2  # noqa: E402
+import mmcv  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mmdet.apis import DetInferencer  # noqa: E402
+from mmdet.apis.det_inferencer import IMG_EXTENSIONS  # noqa: E402
+from mmdet.structures.mask import encode_mask_results  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.infer import BaseInferencer  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
+from mmengine.model import BaseTTAModel  # noqa: E402
+from mmengine.registry import DATASETS  # noqa: E402
+from mmengine.structures import BaseDataElement  # noqa: E402
+from mmengine.utils import ProgressBar  # noqa: E402
+from mmseg.apis import MMSegInferencer  # noqa: E402
+
+from backbones.checkpoint import load_model_weights  # noqa: E402
+from backbones.checkpoint_io import CheckpointError  # noqa: E402
+from backbones.runtime import PRECISIONS, DictAction, autocast_test_step, enable_tta, load_config  # noqa: E402
+from backbones.runtime import resolve_precision  # noqa: E402
+
+INFERENCERS = {'mmdet': DetInferencer, 'mmseg': MMSegInferencer}  # by the config's default_scope
+# FFmpeg's own messages about a file it cannot read would add lines to our one warning line.
+os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')
+
+
+@dataclass
+class InputFile:
+    """A file found from INPUTS.
+
+    Attributes:
+        path: The file, as found.
+        name: Its path below the folder or pattern that found it (its file name if given by itself).
+        stem: ``name`` without the extension: its outputs are ``<stem>.png``.
+        frames: The number of frames OpenCV reports for a file without an image extension (0: unreadable).
+    """
+    path: Path
+    name: str
+    stem: str
+    frames: int = 0
+
+
+@dataclass
+class Image:
+    """An image to run the model on: its name in results.json, the stem of its output files, its BGR pixels."""
+    name: str
+    stem: str
+    pixels: np.ndarray
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('inputs', nargs='+', help='images, folders, glob patterns (quoted) and videos')
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--batch-size', type=int, default=1, help='images per model call (default 1)')
+    parser.add_argument('--score-thr', type=float, default=0.3, help='detection: lowest score kept (default 0.3)')
+    parser.add_argument('--tta', action='store_true', help="the config's test-time augmentation (segmentation)")
+    parser.add_argument('--precision', choices=PRECISIONS, default='auto',
+                        help='auto (default): fp16 on CUDA, bf16 on CPUs that compute it natively, else fp32')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='cpu, cuda, cuda:1, ... (default cuda where available)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
+    args = parser.parse_args()
+    if args.batch_size < 1:
+        parser.error('--batch-size must be at least 1')
+    return args
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f'warning: {message}', file=sys.stderr)
+
+
+def without_annotation_loading(pipeline: list) -> list:
+    """``pipeline`` without its annotation loading, also among TestTimeAug's steps: there are no annotations
+    here (MMSegInferencer drops only a top-level ``LoadAnnotations``, and mmseg's fails without one)."""
+    kept = []
+    for transform in pipeline:
+        if transform['type'].endswith(('LoadAnnotations', 'LoadDepthAnnotation')):
+            continue
+        if transform['type'].endswith('TestTimeAug'):
+            steps = (without_annotation_loading(choices) for choices in transform['transforms'])
+            transform = dict(transform, transforms=[choices for choices in steps if choices])
+        kept.append(transform)
+    return kept
+
+
+def video_frames(path: Path) -> int:
+    """The number of frames OpenCV reports for ``path``; 0 if it cannot open it as a video."""
+    capture = cv2.VideoCapture(str(path))
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    capture.release()
+    return frames
+
+
+def expand_input(spec: str) -> tuple[Path, list[Path], str]:
+    """What one INPUT names: the folder its files are named relative to, the files (a folder's images,
+    recursively) and, for when there are none, why."""
+    if glob.has_magic(spec):
+        parts = Path(spec).parts
+        root = Path(*parts[:next(i for i, part in enumerate(parts) if glob.has_magic(part))])
+        matches, problem = [Path(match) for match in sorted(glob.glob(spec, recursive=True))], 'no file matches it'
+    elif os.path.isdir(spec):
+        root, matches, problem = Path(spec), [Path(spec)], 'no images in this folder'
+    else:
+        root, matches, problem = Path(spec).parent, [Path(spec)] if os.path.exists(spec) else [], 'no such file'
+    files = []
+    for match in matches:
+        files += sorted(path for path in match.rglob('*') if path.suffix.lower() in IMG_EXTENSIONS
+                        and path.is_file()) if match.is_dir() else [match]
+    return root, files, problem
+
+
+def find_inputs(inputs: list[str]) -> tuple[list[InputFile], list[str]]:
+    """The files that ``inputs`` name, in order and each once, and why each input that names none does not.
+
+    A file whose outputs would have the names of an earlier one's is left out with a warning.
+    """
+    files, unmatched, seen, stems = [], [], set(), {}
+    for spec in inputs:
+        root, paths, problem = expand_input(spec)
+        if not paths:
+            unmatched.append(f'{spec}: {problem}')
+        for path in paths:
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            name = Path(os.path.relpath(path, root)).as_posix()
+            stem = Path(name).with_suffix('').as_posix()
+            if stem in stems:
+                warn(f'skipping {path}: its outputs would overwrite those of {stems[stem]}')
+                continue
+            stems[stem] = path
+            frames = 0 if path.suffix.lower() in IMG_EXTENSIONS else video_frames(path)
+            files.append(InputFile(path, name, stem, frames))
+    return files, unmatched
+
+
+def read_images(files: list[InputFile], progress: ProgressBar) -> Iterator[Image]:
+    """The images of ``files``, a video's frame by frame; a file that cannot be read gets a warning and
+    counts as done in ``progress``."""
+    for file in files:
+        if file.frames:
+            capture = cv2.VideoCapture(str(file.path))
+            for index in itertools.count():
+                readable, frame = capture.read()
+                if not readable:
+                    break
+                yield Image(f'{file.stem}_{index}', f'{file.stem}_{index}', frame)
+            capture.release()
+            continue
+        content, problem = b'', 'not a readable image or video'
+        if file.path.suffix.lower() in IMG_EXTENSIONS:
+            try:
+                content, problem = file.path.read_bytes(), 'not a readable image'
+            except OSError as error:
+                problem = f'cannot read it ({error.strerror})'
+        pixels = mmcv.imfrombytes(content) if content else None  # decoded as LoadImageFromFile does
+        if pixels is None:
+            warn(f'skipping {file.path}: {problem}')
+            progress.update()
+        else:
+            yield Image(file.name, file.stem, pixels)
+
+
+def batches(images: Iterable[Image], size: int) -> Iterator[list[Image]]:
+    """Consecutive images of one size, up to ``size`` at a time (mmseg stacks a test batch without padding)."""
+    batch = []
+    for image in images:
+        if batch and (len(batch) == size or image.pixels.shape != batch[0].pixels.shape):
+            yield batch
+            batch = []
+        batch.append(image)
+    if batch:
+        yield batch
+
+
+def build_inferencer(cfg: Config, checkpoint: str, device: str) -> BaseInferencer:
+    """mmdet's DetInferencer or mmseg's MMSegInferencer for ``cfg``, with the weights of ``checkpoint`` loaded
+    as tools/test.py loads them and the class names and palette of the config's test set.
+
+    Raises:
+        CheckpointError: A checkpoint that cannot be read or does not fit the model, in one line.
+    """
+    with warnings.catch_warnings():  # both warn that no weights were given: they are loaded below
+        warnings.filterwarnings('ignore', message='(Checkpoint is not loaded|weights is None)')
+        inferencer = INFERENCERS[cfg.default_scope](model=cfg, device=device)
+    model = inferencer.model
+    while isinstance(model, BaseTTAModel):
+        model = model.module
+    load_model_weights(model, checkpoint, MMLogger.get_current_instance())
+    metainfo = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
+    inferencer.visualizer.dataset_meta = dict(classes=metainfo['classes'], palette=metainfo.get('palette'))
+    return inferencer
+
+
+def predict(inferencer: BaseInferencer, images: list[np.ndarray]) -> list[BaseDataElement]:
+    """The model's predictions for a batch of BGR images, through the config's test pipeline."""
+    return inferencer.forward(inferencer.collate_fn([inferencer.pipeline(image) for image in images]))
+
+
+def detection_results(name: str, sample: BaseDataElement, classes: Sequence[str], score_thr: float) -> list[dict]:
+    """COCO-style results of the instances of one image that score at least ``score_thr``."""
+    instances = sample.pred_instances
+    instances = instances[instances.scores >= score_thr].cpu().numpy()
+    masks = encode_mask_results(instances.masks) if 'masks' in instances else [None] * len(instances)
+    results = []
+    for (x1, y1, x2, y2), score, label, mask in zip(instances.bboxes.tolist(), instances.scores.tolist(),
+                                                    instances.labels.tolist(), masks):
+        result = dict(image=name, bbox=[x1, y1, x2 - x1, y2 - y1], score=score, category_id=label,
+                      category_name=classes[label])
+        if mask is not None:
+            result['segmentation'] = dict(size=mask['size'], counts=mask['counts'].decode())
+        results.append(result)
+    return results
+
+
+def run(inferencer: BaseInferencer, files: list[InputFile], out: Path, batch_size: int, score_thr: float) -> int:
+    """Predict every image of ``files`` and write its outputs to ``out``; return how many images were processed."""
+    detection = isinstance(inferencer, DetInferencer)
+    classes = inferencer.visualizer.dataset_meta['classes']
+    draw_options = dict(pred_score_thr=score_thr) if detection else {}
+    results, processed = [], 0
+    progress = ProgressBar(sum(file.frames or 1 for file in files))
+    for batch in batches(read_images(files, progress), batch_size):
+        for image, sample in zip(batch, predict(inferencer, [image.pixels for image in batch])):
+            inferencer.visualizer.add_datasample(image.name, mmcv.bgr2rgb(image.pixels), sample, draw_gt=False,
+                                                 out_file=str(out / 'vis' / f'{image.stem}.png'), **draw_options)
+            if detection:
+                results += detection_results(image.name, sample, classes, score_thr)
+            else:
+                labels = sample.pred_sem_seg.data[0].cpu().numpy()
+                mmcv.imwrite(labels.astype(np.uint8 if len(classes) < 256 else np.uint16),
+                             str(out / 'labels' / f'{image.stem}.png'))
+        processed += len(batch)
+        progress.update(len(batch))
+    progress.file.write('\n')
+    if detection and processed:
+        (out / 'results.json').write_text(json.dumps(results))
+    return processed
+
+
+def main() -> None:
+    args = parse_args()
+    if not os.path.isfile(args.config):
+        raise SystemExit(f'error: config not found: {args.config}')
+    cfg = load_config(args.config, args.cfg_options)
+    if cfg.get('default_scope') not in INFERENCERS:
+        raise SystemExit(f"error: {args.config} is not an mmdet or mmseg config (default_scope "
+                         f"{cfg.get('default_scope')!r})")
+    if args.tta:
+        try:
+            enable_tta(cfg)
+        except ValueError as error:
+            raise SystemExit(f'error: {error}') from None
+    cfg.test_dataloader.dataset.pipeline = without_annotation_loading(cfg.test_dataloader.dataset.pipeline)
+    cfg.visualizer.vis_backends = []  # each drawing goes to its own out_file; a backend would want a save_dir
+
+    files, unmatched = find_inputs(args.inputs)
+    if len(unmatched) == len(args.inputs):
+        raise SystemExit(f'error: nothing to run on: {"; ".join(unmatched)}')
+    for problem in unmatched:
+        warn(f'skipping {problem}')
+    try:
+        precision = resolve_precision(args.precision, args.device)
+        inferencer = build_inferencer(cfg, args.checkpoint, args.device)
+    except (ValueError, CheckpointError, FileNotFoundError) as error:
+        raise SystemExit(f'error: {error}') from None
+    autocast_test_step(inferencer.model, precision)
+    if not run(inferencer, files, Path(args.out), args.batch_size, args.score_thr):
+        raise SystemExit('error: no input could be read as an image')
+
+
+if __name__ == '__main__':
+    main()
