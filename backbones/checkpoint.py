@@ -9,6 +9,8 @@ Formats, detected from the keys:
   kernels, ``.ln.``/``.linear.`` wrappers, (1, C) biases and GRN); the decoder is dropped.
 * ``timm``: timm state dicts (``stem.*``, ``stages.i.blocks.j.*``, ``head.*``), and this backbone's
   own state dicts (the same plus ``out_norms.*``).
+* ``fcmae-timm``: checkpoints of our FCMAE pre-training (:class:`backbones.FCMAE`): this backbone's
+  layout under ``backbone.``; the decoder (``proj``, ``mask_token``, ``decoder.*``, ``pred``) is dropped.
 * ``mmpretrain``: mmpretrain ConvNeXt (``depthwise_conv``, ``pointwise_conv1/2``, ``norm{i}``).
 * any of the above inside a detector/segmentor checkpoint (``backbone.`` prefix, ``-dense`` in the
   format name): the official ConvNeXt COCO/ADE20K release (mmdet 2.x / mmseg 0.x, output norms
@@ -163,6 +165,8 @@ def convert_state_dict(state_dict: StateDict) -> ConvertedWeights:
         state_dict = {k.removeprefix('backbone.'): v for k, v in state_dict.items() if k.startswith('backbone.')}
         if all(k.startswith('head.') for k in other):  # an mmpretrain classifier, not a detector/segmentor
             classifier_head, other = list(other), {}
+        elif all(k.startswith(FCMAE_DECODER_PREFIXES) for k in other):  # our FCMAE model (backbones.fcmae)
+            leftovers['FCMAE decoder'], other = list(other), {}
     dense = bool(other)
     if dense:
         leftovers['detector/segmentor parts (neck, heads)'] = list(other)
@@ -180,7 +184,7 @@ def convert_state_dict(state_dict: StateDict) -> ConvertedWeights:
         source_format = 'official'
         backbone, head = _official_to_timm(state_dict)
     elif any(k.startswith('stem.') for k in keys) and any(k.startswith('stages.') for k in keys):
-        source_format = 'timm'
+        source_format = 'fcmae-timm' if 'FCMAE decoder' in leftovers else 'timm'
         head = [k for k in keys if k.startswith(('head.', 'norm_pre.'))]
         # timm builds V2 atto..nano with 1x1-conv MLPs; this backbone uses Linear layers.
         backbone = {k: v.flatten(1) if re.search(r'mlp\.fc\d\.weight$', k) and v.ndim == 4 else v
@@ -197,8 +201,8 @@ def convert_state_dict(state_dict: StateDict) -> ConvertedWeights:
 def check_compatible(weights: ConvertedWeights, backbone: nn.Module) -> list[str]:
     """Check ``weights.backbone`` against ``backbone``; return the keys it leaves initialised.
 
-    Stages after the last of ``out_indices`` and output norms of stages not in ``out_indices`` are
-    moved to ``weights.leftovers``. Only the output norms may be missing, and only when the
+    Stages after the last of ``out_indices`` and output norms the backbone does not build (stages not
+    in ``out_indices``, or ``norm_outputs=False``) are moved to ``weights.leftovers``. Only the output norms may be missing, and only when the
     checkpoint has none (classification and pre-training checkpoints).
 
     Raises:
@@ -209,9 +213,9 @@ def check_compatible(weights: ConvertedWeights, backbone: nn.Module) -> list[str
     given = weights.backbone
     unbuilt = [k for k in given if k not in expected and (
         re.match(r'stages\.\d\.', k) and int(k.split('.')[1]) >= len(backbone.stages)
-        or re.match(r'out_norms\.\d\.', k) and int(k.split('.')[1]) not in backbone.out_indices)]
+        or re.match(r'out_norms\.\d\.', k))]
     if unbuilt:
-        weights.leftovers['stages/output norms not built (out_indices)'] = unbuilt
+        weights.leftovers['stages/output norms not built (out_indices, norm_outputs)'] = unbuilt
         weights.backbone = given = {k: v for k, v in given.items() if k not in unbuilt}
     arch = f'the backbone is {backbone.version} depths {backbone.depths} dims {backbone.dims}'
     hint = _version_hint(given, expected)

@@ -9,8 +9,13 @@ stage features of ``out_indices`` (strides 4, 8, 16, 32) as contiguous NCHW tens
 own channels-first LayerNorm as the official detection/segmentation backbone does, supports ``frozen_stages`` and
 ``init_cfg=dict(type='Pretrained', ...)`` with any released checkpoint format
 (see :mod:`backbones.checkpoint`), and maps its parameter names to LR-decay layer ids.
+
+FCMAE pre-training (V2 paper, section 3) runs this same backbone in masked mode
+(``forward(x, mask)``): the sparse encoder of the paper is computed densely, with masked positions
+set to zero around every operator that mixes positions (see :meth:`ConvNeXt.masking`).
 """
-from typing import Literal, Sequence
+import contextlib
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 from mmengine.logging import MMLogger
@@ -42,6 +47,7 @@ V2_ARCHS: dict[str, dict[str, tuple[int, ...]]] = {
 }
 ARCHS = {'v1': V1_ARCHS, 'v2': V2_ARCHS}
 STAGE_STRIDES = (4, 8, 16, 32)
+MASK_STRIDE = STAGE_STRIDES[-1]  # one mask cell per position of the last stage (a 32x32 patch)
 DecayType = Literal['layer_wise', 'stage_wise']
 
 
@@ -76,6 +82,21 @@ def resolve_arch(arch: str | dict, version: str) -> tuple[tuple[int, ...], tuple
     return depths, dims
 
 
+def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """Repeat each cell of an (N, h, w) mask ``factor`` times along both spatial axes."""
+    return mask.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+
+
+def _zero_output(hidden: torch.Tensor) -> Callable:
+    """A forward hook that sets the ``hidden`` positions of a module's output to zero."""
+    return lambda module, args, output: output.masked_fill(hidden, 0)
+
+
+def _zero_input(hidden: torch.Tensor) -> Callable:
+    """A forward pre-hook that sets the ``hidden`` positions of a module's input to zero."""
+    return lambda module, args: (args[0].masked_fill(hidden, 0), *args[1:])
+
+
 @MODELS.register_module()
 class ConvNeXt(BaseModule):
     """ConvNeXt V1/V2 backbone returning multi-scale, LayerNorm-ed stage features.
@@ -96,7 +117,10 @@ class ConvNeXt(BaseModule):
         frozen_stages: Number of leading stages to freeze (the stem goes with the first): their
             parameters get no gradients and ``train()`` keeps them in eval mode. 0 freezes nothing.
             Output norms are never frozen.
-        with_cp: Gradient checkpointing of the blocks (same outputs, less memory).
+        with_cp: Gradient checkpointing of the blocks (same outputs, less memory); not in masked mode.
+        norm_outputs: Pass each returned feature through its own LayerNorm (the detection and
+            segmentation backbone). FCMAE pre-training feeds the raw last stage to its decoder and
+            builds the backbone without them.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads any format that
             :func:`backbones.checkpoint.load_backbone_weights` detects; other init configs go to
             mmengine.
@@ -111,6 +135,7 @@ class ConvNeXt(BaseModule):
                  layer_scale_init_value: float | None = None,
                  frozen_stages: int = 0,
                  with_cp: bool = False,
+                 norm_outputs: bool = True,
                  init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.depths, self.dims = resolve_arch(arch, version)
@@ -139,7 +164,7 @@ class ConvNeXt(BaseModule):
         self.stem = trunk.stem
         self.stages = trunk.stages[:max(self.out_indices) + 1]
         self.out_norms = nn.ModuleList(
-            LayerNorm2d(dim, eps=1e-6) if i in self.out_indices else nn.Identity()
+            LayerNorm2d(dim, eps=1e-6) if norm_outputs and i in self.out_indices else nn.Identity()
             for i, dim in enumerate(self.dims[:len(self.stages)]))
         self._freeze_stages()
 
@@ -153,25 +178,96 @@ class ConvNeXt(BaseModule):
         """Stride of each returned feature map with respect to the input, in ``out_indices`` order."""
         return tuple(STAGE_STRIDES[i] for i in self.out_indices)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Return the raw output of every built stage (before the output norms)."""
-        x = self.stem(x)
-        stage_outputs = []
-        for stage in self.stages:
-            x = stage(x)
-            stage_outputs.append(x)
+    def forward_stages(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Return the raw output of every built stage (before the output norms).
+
+        Args:
+            x: Images, (N, C, H, W).
+            mask: Optional FCMAE mask, (N, H / 32, W / 32), True where a 32x32 patch is hidden; see
+                :meth:`masking`.
+        """
+        with self.masking(mask, x.shape) if mask is not None else contextlib.nullcontext():
+            x = self.stem(x)
+            stage_outputs = []
+            for stage in self.stages:
+                x = stage(x)
+                stage_outputs.append(x)
         return stage_outputs
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Return the normalised features of ``out_indices`` as contiguous NCHW tensors.
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Return the (normalised) features of ``out_indices`` as contiguous NCHW tensors.
 
         timm's ``LayerNorm2d`` normalises in NHWC and permutes back, which leaves channels_last
         strides; a channels_last input does the same. Compiled ops downstream (mmcv's RoIAlign on the
         FPN levels built from these features) read the storage as contiguous NCHW whatever the
         strides, so every output is made contiguous here, once, for every consumer.
+
+        Args:
+            x: Images, (N, C, H, W).
+            mask: Optional FCMAE mask, (N, H / 32, W / 32), True where a 32x32 patch is hidden: the
+                features then depend on the visible patches only and are zero at hidden positions.
         """
-        stage_outputs = self.forward_stages(x)
-        return tuple(self.out_norms[i](stage_outputs[i]).contiguous() for i in self.out_indices)
+        stage_outputs = self.forward_stages(x, mask)
+        outputs = []
+        for i in self.out_indices:
+            feature = self.out_norms[i](stage_outputs[i])
+            if mask is not None:
+                feature = feature.masked_fill(upsample_mask(mask, MASK_STRIDE // STAGE_STRIDES[i])[:, None], 0)
+            outputs.append(feature.contiguous())
+        return tuple(outputs)
+
+    @contextlib.contextmanager
+    def masking(self, mask: torch.Tensor, image_shape: Sequence[int]) -> Iterator[None]:
+        """Run the backbone as FCMAE's sparse encoder while the context is open.
+
+        A sparse convolution equals a dense one whose input and output are zero at the positions
+        the sparse tensor has no entries for (V2 paper, section 3). This context registers hooks on
+        timm's own modules that zero the hidden positions (the mask upsampled to each stage's
+        resolution) wherever a value there would reach a visible position or the output:
+
+        * the stem's output (its LayerNorm maps zeros to its bias);
+        * the input and output of each downsampling convolution (the LayerNorm before it, its bias);
+        * the input of every GRN (V2), so that its L2 norm over H, W counts visible positions only; the
+          statistics stay per image (the official sparse GRN pools them over the whole batch);
+        * every block's output (MLP biases, GRN's beta).
+
+        The depthwise convolution then sees zeros at hidden positions, as a sparse convolution does;
+        LayerNorm, the MLP and GELU act per position, so their values at hidden positions reach nothing
+        before one of the zeroings above. Hidden positions are zero in every stage's output.
+
+        Args:
+            mask: (N, H / 32, W / 32) bool, True where a 32x32 patch is hidden.
+            image_shape: Shape of the input images, (N, C, H, W).
+
+        Raises:
+            ValueError: A mask of the wrong shape or type, or gradient checkpointing (its recomputation
+                in the backward pass would run without the hooks).
+        """
+        n, _, height, width = image_shape
+        grid = (n, height // MASK_STRIDE, width // MASK_STRIDE)
+        if mask.dtype != torch.bool or tuple(mask.shape) != grid or height % MASK_STRIDE or width % MASK_STRIDE:
+            raise ValueError(f'The FCMAE mask must be a bool tensor of shape (N, H/{MASK_STRIDE}, W/{MASK_STRIDE}) = '
+                             f'{grid} for images {tuple(image_shape)} with H and W multiples of {MASK_STRIDE}; got '
+                             f'{mask.dtype} {tuple(mask.shape)}.')
+        if torch.is_grad_enabled() and any(stage.grad_checkpointing for stage in self.stages):
+            raise ValueError('Masked (FCMAE) forward does not support gradient checkpointing: set with_cp=False.')
+        hidden = [upsample_mask(mask, MASK_STRIDE // stride)[:, None] for stride in STAGE_STRIDES]
+        handles = [self.stem.register_forward_hook(_zero_output(hidden[0]))]
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                conv = stage.downsample[1]
+                handles += [conv.register_forward_pre_hook(_zero_input(hidden[i - 1])),
+                            conv.register_forward_hook(_zero_output(hidden[i]))]
+            for block in stage.blocks:
+                handles.append(block.register_forward_hook(_zero_output(hidden[i])))
+                if grn := getattr(block.mlp, 'grn', None):  # V2 blocks
+                    grn_hidden = hidden[i].permute(0, 2, 3, 1) if grn.channel_dim == -1 else hidden[i]
+                    handles.append(grn.register_forward_pre_hook(_zero_input(grn_hidden)))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _freeze_stages(self) -> None:
         frozen = [self.stem, *self.stages[:self.frozen_stages]] if self.frozen_stages else []

@@ -34,7 +34,8 @@ __all__ = ['DictAction', 'DatasetNotFoundError', 'PRECISIONS', 'adapt_to_cpu', '
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-README_SECTIONS = {'CocoDataset': 'Datasets: COCO', 'ADE20KDataset': 'Datasets: ADE20K'}
+README_SECTIONS = {'CocoDataset': 'Datasets: COCO', 'ADE20KDataset': 'Datasets: ADE20K',
+                   'ImageFolderDataset': 'Pre-train on your own images'}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -106,9 +107,9 @@ def check_datasets(cfg: Config, splits: list[str]) -> None:
         for dataset in _dataset_cfgs(loader.dataset) if loader else []:
             root = dataset.get('data_root', '')
             paths = [dataset.get('ann_file') or None, *dict(dataset.get('data_prefix', {})).values()]
-            for path in filter(None, paths):
+            for path in (p for p in paths if p is not None):  # a prefix '' is the data root itself
                 full = osp.join(root, path)
-                if not osp.exists(full):
+                if full and not osp.exists(full):
                     section = README_SECTIONS.get(dataset.get('type'), 'Datasets')
                     raise DatasetNotFoundError(
                         f"{dataset.get('type', 'Dataset')} {split} split not found: {full} does not exist. Prepare "

@@ -67,9 +67,20 @@ def to_fcmae(backbone_state: StateDict) -> StateDict:
         key = key.replace('.norm.', '.norm.ln.')
         key = re.sub(r'\.(pwconv\d)\.', r'.\1.linear.', key)
         out[f'encoder.{key}'] = value
-    out.update({'mask_token': torch.zeros(1, 512, 1, 1), 'proj.weight': torch.randn(512, 128, 1, 1),
-                'decoder.0.dwconv.weight': torch.randn(512, 1, 7, 7), 'pred.weight': torch.randn(3072, 512, 1, 1)})
-    return out
+    return {**out, **official_fcmae_decoder(backbone_state['stages.3.blocks.0.conv_dw.weight'].shape[0])}
+
+
+def official_fcmae_decoder(encoder_dim: int, dim: int = 512) -> StateDict:
+    """The official FCMAE decoder with random values: ``proj`` (1x1 conv), ``mask_token``, one dense
+    ConvNeXt V2 block ``decoder.0`` (GRN stored as (1, 1, 1, C)) and ``pred`` (1x1 conv to 32*32*3)."""
+    shapes = {'proj.weight': (dim, encoder_dim, 1, 1), 'proj.bias': (dim,), 'mask_token': (1, dim, 1, 1),
+              'decoder.0.dwconv.weight': (dim, 1, 7, 7), 'decoder.0.dwconv.bias': (dim,),
+              'decoder.0.norm.weight': (dim,), 'decoder.0.norm.bias': (dim,),
+              'decoder.0.pwconv1.weight': (4 * dim, dim), 'decoder.0.pwconv1.bias': (4 * dim,),
+              'decoder.0.grn.gamma': (1, 1, 1, 4 * dim), 'decoder.0.grn.beta': (1, 1, 1, 4 * dim),
+              'decoder.0.pwconv2.weight': (dim, 4 * dim), 'decoder.0.pwconv2.bias': (dim,),
+              'pred.weight': (32 * 32 * 3, dim, 1, 1), 'pred.bias': (32 * 32 * 3,)}
+    return {key: torch.randn(shape) * 0.02 for key, shape in shapes.items()}
 
 
 def to_mmpretrain(backbone_state: StateDict, dense: bool = False) -> StateDict:

@@ -1,7 +1,8 @@
 """Train and evaluate ConvNeXt segmenters and detectors on built-in data, on a CPU, in minutes.
 
     make demo        # = python tools/demo.py
-    python tools/demo.py [--models upernet mask_rcnn cascade] [--quick] [--precision fp32|bf16|auto]
+    python tools/demo.py [--models upernet mask_rcnn cascade] [--pretrain {upernet,fcmae}] [--quick]
+                         [--precision fp32|bf16|auto]
                          [--work-dir work_dirs/demo]
 
 1. tools/demo_data.py generates data/demo/ once: 480 + 100 shape scenes in COCO and ADE20K layouts.
@@ -12,6 +13,10 @@
    evaluated (COCO box and mask AP).
 4. WORK_DIR gets each model's checkpoints, logs and prediction PNGs, curves.png (losses and metrics),
    predictions.png (a few held-out predictions per model) and summary.txt.
+
+--pretrain fcmae replaces step 2's role: the backbone is first pre-trained self-supervised with FCMAE
+(configs/demo/fcmae_convnext_demo.py) on the demo images without their labels, and UperNet and the
+detectors, switched to ConvNeXt V2 (GRN) by --cfg-options, fine-tune from it.
 
 --quick runs the same steps on 64 images with a few iterations each (a smoke test, used by the tests).
 --precision is that of training and evaluation; the README's numbers were measured in fp32, the default.
@@ -40,6 +45,13 @@ from demo_data import ensure_demo_data  # noqa: E402  (tools/ is on sys.path whe
 
 TOOLS = Path(__file__).resolve().parent
 PRETRAINED_NAME = 'convnext_demo_pretrained.pth'  # where the detection demo configs look for it
+FCMAE_CONFIG = 'configs/demo/fcmae_convnext_demo.py'
+FCMAE_PRETRAINED_NAME = 'convnext_demo_fcmae.pth'
+FCMAE_QUICK = ['train_cfg.max_epochs=1', 'param_scheduler.0.end=1', 'param_scheduler.1.begin=1',
+               'param_scheduler.1.end=2', 'param_scheduler.1.T_max=1', 'default_hooks.logger.interval=2']
+# Fine-tuning from the FCMAE backbone: ConvNeXt V2 blocks (GRN, no LayerScale) and its weights.
+FROM_FCMAE = ['model.backbone.version=v2', 'model.backbone.layer_scale_init_value=None',
+              'model.backbone.init_cfg._delete_=True', 'model.backbone.init_cfg.type=Pretrained']
 
 
 @dataclass
@@ -104,12 +116,17 @@ def read_scalars(run_dir: Path) -> list[dict]:
 
 
 def train_and_test(model: Model, work_dir: Path, data_root: Path, quick: bool, pretrained: Path,
-                   precision: str) -> dict:
-    """Train ``model``, test its final checkpoint and return its summary row."""
+                   precision: str, from_fcmae: bool) -> dict:
+    """Train ``model`` and test its final checkpoint in ``precision``; return its summary row.
+
+    The detectors start from ``pretrained``; with ``from_fcmae`` every model does, as ConvNeXt V2.
+    """
     model_dir = work_dir / model.key
     data = data_root / ('ade' if model.key == 'upernet' else 'coco')
     options = list(model.quick_options) if quick else []
-    if model.key != 'upernet':
+    if from_fcmae:
+        options += FROM_FCMAE
+    if from_fcmae or model.key != 'upernet':
         options.append(f'model.backbone.init_cfg.checkpoint={pretrained}')
     common = ['--work-dir', str(model_dir), '--data-root', f'{data}/', *(['--cfg-options', *options] if options else [])]
     overrides = dict(option.split('=', 1) for option in options)
@@ -190,11 +207,27 @@ def summary_text(results: list[dict], total_seconds: float, work_dir: Path) -> s
     return '\n'.join(lines)
 
 
+def pretrain_fcmae(work_dir: Path, data_root: Path, quick: bool, pretrained: Path) -> None:
+    """Pre-train the demo backbone with FCMAE on the demo's training images (labels unused) and extract
+    it to ``pretrained``."""
+    fcmae_dir = work_dir / 'fcmae'
+    options = ['--cfg-options', *FCMAE_QUICK] if quick else []
+    epochs = 1 if quick else Config.fromfile(FCMAE_CONFIG).train_cfg.max_epochs
+    run_tool([str(TOOLS / 'train.py'), FCMAE_CONFIG, '--work-dir', str(fcmae_dir), '--data-root',
+              f'{data_root}/coco/train/', *options], fcmae_dir / 'train.log', 'FCMAE: pre-training', epochs)
+    checkpoint = (fcmae_dir / 'last_checkpoint').read_text().strip()
+    run_tool([str(TOOLS / 'convert_checkpoint.py'), checkpoint, str(pretrained), '--backbone-only'],
+             fcmae_dir / 'convert.log', 'extracting the backbone')
+
+
 def parse_args() -> argparse.Namespace:
     """The demo's command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', choices=[m.key for m in MODELS], default=[m.key for m in MODELS],
                         help='which models to run (detectors need the UperNet backbone, which is trained if missing)')
+    parser.add_argument('--pretrain', choices=['upernet', 'fcmae'], default='upernet',
+                        help='where the backbone the detectors start from comes from: the UperNet demo trained '
+                             'with labels, or FCMAE self-supervised pre-training (then UperNet starts from it too)')
     parser.add_argument('--quick', action='store_true', help='a few iterations on 64 images (smoke test)')
     parser.add_argument('--precision', choices=['fp32', 'bf16', 'auto'], default='fp32',
                         help='of training and evaluation (auto: bf16 where the CPU computes it natively)')
@@ -209,16 +242,20 @@ def main() -> None:
     data_root = Path('data/demo_quick' if args.quick else 'data/demo')
     if ensure_demo_data(data_root, *((64, 16) if args.quick else (480, 100)), image_size=128, seed=0):
         print(f'generated the demo data in {data_root}/ ({time.time() - start:.0f}s)')
-    pretrained = work_dir / PRETRAINED_NAME
+    from_fcmae = args.pretrain == 'fcmae'
+    pretrained = work_dir / (FCMAE_PRETRAINED_NAME if from_fcmae else PRETRAINED_NAME)
     wanted = [m for m in MODELS if m.key in args.models]
-    if wanted[0].key != 'upernet' and not pretrained.exists():
+    if from_fcmae:
+        pretrain_fcmae(work_dir, data_root, args.quick, pretrained)
+    elif wanted[0].key != 'upernet' and not pretrained.exists():
         print(f'{pretrained} is missing: training the UperNet demo first, whose backbone the detectors start from.')
         wanted.insert(0, MODELS[0])
 
     results = []
     for model in wanted:
-        results.append(train_and_test(model, work_dir, data_root, args.quick, pretrained, args.precision))
-        if model.key == 'upernet':
+        results.append(train_and_test(model, work_dir, data_root, args.quick, pretrained, args.precision,
+                                      from_fcmae))
+        if model.key == 'upernet' and not from_fcmae:
             run_tool([str(TOOLS / 'convert_checkpoint.py'), results[-1]['checkpoint'], str(pretrained),
                       '--backbone-only'], work_dir / 'upernet' / 'convert.log', 'extracting the backbone')
 

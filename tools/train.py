@@ -1,4 +1,4 @@
-"""Train a ConvNeXt detector (mmdet) or segmentor (mmseg) from a config.
+"""Train a ConvNeXt detector (mmdet) or segmentor (mmseg), or pre-train one with FCMAE, from a config.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--precision {auto,fp32,bf16,fp16}]
                           [--data-root DIR] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
@@ -24,7 +24,7 @@ from backbones.runtime import set_data_root, set_training_precision  # noqa: E40
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='config file, e.g. configs/det/cascade_convnext_t.py')
+    parser.add_argument('config', help='config file, e.g. configs/det/cascade_convnext_t.py or configs/pretrain/fcmae_convnextv2_atto.py')
     parser.add_argument('--work-dir', help='folder for checkpoints and logs')
     parser.add_argument('--resume', nargs='?', const='auto', help='resume from CKPT, or the latest in --work-dir')
     parser.add_argument('--precision', choices=PRECISIONS, help="default: the config's (AMP recipes: auto)")
@@ -59,7 +59,7 @@ def main() -> None:
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     try:
         runner.train()
-    except CheckpointError as error:  # --resume, load_from or the backbone's init_cfg
+    except (CheckpointError, DatasetNotFoundError) as error:  # checkpoints to load; a folder without images
         raise SystemExit(f'error: {error}') from None
 
 

@@ -102,7 +102,7 @@ def test_load_report_names_expected_leftovers(tmp_path, caplog) -> None:
         load_backbone_weights(backbone, str(path), logging.getLogger('test'))
     report = caplog.text
     assert 'fcmae format' in report
-    assert 'not used (FCMAE decoder): 4 tensors' in report
+    assert 'not used (FCMAE decoder): 15 tensors' in report
     assert 'newly initialised (output norms): out_norms.0.weight' in report
 
 

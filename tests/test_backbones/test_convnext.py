@@ -168,3 +168,86 @@ def test_every_output_is_contiguous_nchw(kwargs: dict, mode: str, memory_format:
         for output, channels in zip(outputs, backbone.out_channels):
             assert output.shape[:2] == (batch, channels)
             assert output.is_contiguous(), (output.shape, output.stride())
+
+
+def fan_in_random(backbone: ConvNeXt) -> ConvNeXt:
+    """Random weights that keep activations of order one through every stage (std 1 / sqrt(fan-in)),
+    so that any leak from hidden positions is large; GRN and norms random too."""
+    for param in backbone.parameters():
+        torch.nn.init.normal_(param, std=param[0].numel() ** -0.5 if param.ndim > 1 else 0.5)
+    return backbone
+
+
+def hidden_pixels(mask: torch.Tensor) -> torch.Tensor:
+    """The (N, 3, H, W) pixels of the hidden 32x32 patches of an (N, h, w) mask."""
+    return mask.repeat_interleave(32, 1).repeat_interleave(32, 2)[:, None].expand(-1, 3, -1, -1)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_masked_features_ignore_hidden_pixels_and_are_zero_there(seed: int) -> None:
+    torch.manual_seed(seed)
+    backbone = fan_in_random(ConvNeXt(arch=TINY_ARCH, version='v2')).eval()
+    image = torch.randn(2, 3, 96, 128)
+    mask = torch.rand(2, 3, 4) < 0.6
+    hidden = hidden_pixels(mask)
+    changed = image.masked_scatter(hidden, torch.randn(int(hidden.sum())) * 5)
+    with torch.no_grad():
+        masked, masked_changed = backbone.forward_stages(image, mask), backbone.forward_stages(changed, mask)
+        plain, plain_changed = backbone.forward_stages(image), backbone.forward_stages(changed)
+    for stage, stride in enumerate((4, 8, 16, 32)):
+        cells = mask.repeat_interleave(32 // stride, 1).repeat_interleave(32 // stride, 2)[:, None]
+        torch.testing.assert_close(masked[stage], masked_changed[stage], atol=1e-5, rtol=0)
+        assert masked[stage].masked_select(cells).eq(0).all()
+        # Without the mask the receptive fields cross patches: the hidden pixels do reach visible positions.
+        assert (plain[stage] - plain_changed[stage]).masked_select(~cells).abs().max() > 1e-2
+
+
+def test_masked_encoder_equals_the_dense_network_on_the_visible_region() -> None:
+    """A sparse encoder sees zeros beyond its entries, like zero padding, and its GRN statistics cover
+    visible positions only: on a rectangle of visible patches it equals the network run on that crop."""
+    backbone = fan_in_random(ConvNeXt(arch=TINY_ARCH, version='v2')).eval()
+    image = torch.randn(2, 3, 96, 128)
+    mask = torch.ones(2, 3, 4, dtype=torch.bool)
+    mask[:, :2, 1:3] = False  # visible: rows 0-63, columns 32-95
+    with torch.no_grad():
+        masked, crop = backbone.forward_stages(image, mask), backbone.forward_stages(image[:, :, :64, 32:96])
+    for stage, stride in enumerate((4, 8, 16, 32)):
+        cell = 32 // stride
+        torch.testing.assert_close(masked[stage][:, :, :2 * cell, cell:3 * cell], crop[stage], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('mode', ['eval', 'train'])
+def test_all_visible_mask_equals_the_plain_backbone(mode: str) -> None:
+    backbone = fan_in_random(ConvNeXt(arch=TINY_ARCH, version='v2'))
+    backbone.train(mode == 'train')
+    image = torch.randn(2, 3, 64, 96)
+    visible = torch.zeros(2, 2, 3, dtype=torch.bool)
+    torch.manual_seed(1)
+    masked = backbone(image, visible)
+    torch.manual_seed(1)
+    plain = backbone(image)
+    for a, b in zip(masked, plain):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_masked_mode_leaves_no_hooks_behind() -> None:
+    backbone = fan_in_random(ConvNeXt(arch=TINY_ARCH, version='v2')).eval()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = backbone(image)
+        backbone(image, torch.ones(1, 2, 2, dtype=torch.bool))
+        after = backbone(image)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('mask, kwargs, message', [
+    (torch.zeros(1, 3, 3, dtype=torch.bool), {}, r'mask must be a bool tensor of shape .* \(1, 2, 2\)'),
+    (torch.zeros(1, 2, 2), {}, 'mask must be a bool tensor'),
+    (torch.zeros(1, 2, 2, dtype=torch.bool), dict(with_cp=True), 'does not support gradient checkpointing'),
+])
+def test_bad_masks_give_one_line_errors(mask: torch.Tensor, kwargs: dict, message: str) -> None:
+    backbone = ConvNeXt(arch=TINY_ARCH, version='v2', **kwargs)
+    with pytest.raises(ValueError, match=message) as error:
+        backbone(torch.randn(1, 3, 64, 64), mask)
+    assert '\n' not in str(error.value)

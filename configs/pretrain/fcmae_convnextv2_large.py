@@ -1,0 +1,4 @@
+# FCMAE pre-training of ConvNeXt V2-Large: the base recipe unchanged.
+_base_ = './_base_/fcmae_in1k.py'
+
+model = dict(arch='large')
