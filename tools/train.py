@@ -24,7 +24,8 @@ from backbones.runtime import set_data_root, set_training_precision  # noqa: E40
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='config file, e.g. configs/det/cascade_convnext_t.py or configs/pretrain/fcmae_convnextv2_atto.py')
+    parser.add_argument('config', help='config file, e.g. configs/det/cascade_convnext_t.py or '
+                        'configs/pretrain/fcmae_convnextv2_atto.py')
     parser.add_argument('--work-dir', help='folder for checkpoints and logs')
     parser.add_argument('--resume', nargs='?', const='auto', help='resume from CKPT, or the latest in --work-dir')
     parser.add_argument('--precision', choices=PRECISIONS, help="default: the config's (AMP recipes: auto)")
