@@ -268,6 +268,29 @@ def load_backbone_weights(backbone: nn.Module, path: str, logger: Logger) -> Con
     return weights
 
 
+def load_exactly(model: nn.Module, state_dict: StateDict, source: str, check: str) -> None:
+    """Load ``state_dict`` into ``model`` strictly.
+
+    Args:
+        model: The module to load into.
+        state_dict: Its weights, in ``model``'s own names.
+        source: Where the weights come from, for the error (the path and format).
+        check: What the user should check when a key does not fit.
+
+    Raises:
+        CheckpointError: The first missing, unexpected or mis-shaped key, in one line.
+    """
+    expected = model.state_dict()
+    for key in [*expected, *state_dict]:
+        if key not in state_dict or key not in expected:
+            where = 'missing from the checkpoint' if key not in state_dict else 'not in the model'
+            raise CheckpointError(f"'{key}' is {where} ({source}). Check that {check}.")
+        if state_dict[key].shape != expected[key].shape:
+            raise CheckpointError(f"Shape mismatch at '{key}': checkpoint {tuple(state_dict[key].shape)}, model "
+                                  f'{tuple(expected[key].shape)} ({source}). Check that {check}.')
+    model.load_state_dict(state_dict, strict=True)
+
+
 def load_model_weights(model: nn.Module, path: str, logger: Logger) -> None:
     """Load a whole detector/segmentor checkpoint of any supported format into ``model``, strictly.
 
@@ -283,14 +306,6 @@ def load_model_weights(model: nn.Module, path: str, logger: Logger) -> None:
                               "model: use it as the backbone's init_cfg=dict(type='Pretrained', checkpoint=...).")
     check_compatible(weights, model.backbone)
     state_dict = {**{f'backbone.{k}': v for k, v in weights.backbone.items()}, **weights.other}
-    expected = model.state_dict()
-    for key in [*expected, *state_dict]:
-        if key not in state_dict or key not in expected:
-            where = 'missing from the checkpoint' if key not in state_dict else 'not in the model'
-            raise CheckpointError(f"'{key}' is {where} ({path}, {weights.source_format} format). Check that the "
-                                  'config matches the checkpoint (model type, arch, number of classes).')
-        if state_dict[key].shape != expected[key].shape:
-            raise CheckpointError(f"Shape mismatch at '{key}': checkpoint {tuple(state_dict[key].shape)}, model "
-                                  f'{tuple(expected[key].shape)} ({path}). Check the config against the checkpoint.')
-    model.load_state_dict(state_dict, strict=True)
+    load_exactly(model, state_dict, f'{path}, {weights.source_format} format',
+                 'the config matches the checkpoint (model type, arch, number of classes)')
     logger.info(f'Loaded {path} ({weights.source_format} format, {len(state_dict)} tensors).')

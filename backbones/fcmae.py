@@ -31,7 +31,7 @@ from timm.layers import trunc_normal_
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
-from .checkpoint import FCMAE_DECODER_PREFIXES, StateDict, convert_state_dict, read_checkpoint
+from .checkpoint import FCMAE_DECODER_PREFIXES, StateDict, convert_state_dict, load_exactly, read_checkpoint
 from .checkpoint_io import CheckpointError
 from .convnext import MASK_STRIDE, ConvNeXt, upsample_mask
 
@@ -181,16 +181,8 @@ class FCMAE(BaseModel):
             super().init_weights()
             return
         state_dict, source_format = convert_fcmae_checkpoint(read_checkpoint(cfg['checkpoint']))
-        expected = self.state_dict()
-        for key in [*expected, *state_dict]:
-            if key not in expected or key not in state_dict:
-                where = 'missing from the checkpoint' if key not in state_dict else 'not in the model'
-                raise CheckpointError(f"'{key}' is {where} ({cfg['checkpoint']}): check the FCMAE arch and "
-                                      'decoder_dim/decoder_depth against the checkpoint.')
-            if state_dict[key].shape != expected[key].shape:
-                raise CheckpointError(f"Shape mismatch at '{key}': checkpoint {tuple(state_dict[key].shape)}, model "
-                                      f"{tuple(expected[key].shape)} ({cfg['checkpoint']}): check the FCMAE arch.")
-        self.load_state_dict(state_dict, strict=True)
+        load_exactly(self, state_dict, f"{cfg['checkpoint']}, {source_format} format",
+                     'the FCMAE arch and decoder_dim/decoder_depth match the checkpoint')
         MMLogger.get_current_instance().info(
             f"Loaded FCMAE weights from {cfg['checkpoint']} ({source_format} format, {len(state_dict)} tensors).")
         self._is_init = True

@@ -7,7 +7,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from backbones import ConvNeXt, FCMAE, load_backbone_weights
+from backbones import CheckpointError, ConvNeXt, FCMAE, load_backbone_weights
 from backbones.fcmae import normalise_patches, patchify
 from tests.helpers import TINY_ARCH, randomize, to_fcmae
 
@@ -85,7 +85,7 @@ def test_official_checkpoint_loads_whole_into_fcmae(tmp_path) -> None:
 def test_wrong_fcmae_arch_is_a_one_line_error(tmp_path) -> None:
     path, _ = official_checkpoint(tmp_path)
     model = FCMAE(arch='atto', init_cfg=dict(type='Pretrained', checkpoint=path))
-    with pytest.raises(Exception, match='check the FCMAE arch') as error:
+    with pytest.raises(CheckpointError, match='Check that the FCMAE arch and decoder_dim') as error:
         model.init_weights()
     assert '\n' not in str(error.value)
 
