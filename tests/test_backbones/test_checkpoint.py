@@ -7,7 +7,7 @@ import torch
 
 from backbones import CheckpointError, ConvNeXt
 from backbones import load_backbone_weights
-from backbones.checkpoint import _fcmae_to_official, convert_state_dict, unwrap_state_dict
+from backbones.checkpoint import _fcmae_to_official, convert_state_dict, load_exactly, unwrap_state_dict
 from tests.helpers import TINY_ARCH, randomize, to_fcmae, to_mmpretrain, to_official
 
 
@@ -138,3 +138,21 @@ def test_foreign_checkpoint_is_rejected(tmp_path) -> None:
     torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7), 'fc.weight': torch.zeros(10, 64)}}, path)
     with pytest.raises(CheckpointError, match=r"No ConvNeXt backbone found in the checkpoint \(first keys: \['conv1"):
         loaded_backbone(path)
+
+
+def test_whole_model_loading_names_the_first_key_that_does_not_fit() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    good = {key: torch.ones_like(value) for key, value in model.state_dict().items()}
+    load_exactly(model, good, 'ckpt.pth', 'the config matches')
+    assert torch.equal(model[1].weight, torch.ones(1, 3))
+    cases = {
+        "'1.bias' is missing from the checkpoint (ckpt.pth). Check that the config matches.":
+            {k: v for k, v in good.items() if k != '1.bias'},
+        "'2.weight' is not in the model (ckpt.pth). Check that the config matches.": {**good, '2.weight': torch.ones(1)},
+        "Shape mismatch at '0.weight': checkpoint (4, 2), model (3, 2) (ckpt.pth). Check that the config matches.":
+            {**good, '0.weight': torch.ones(4, 2)},
+    }
+    for message, state_dict in cases.items():
+        with pytest.raises(CheckpointError) as error:
+            load_exactly(model, state_dict, 'ckpt.pth', 'the config matches')
+        assert str(error.value) == message
