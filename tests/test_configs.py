@@ -6,6 +6,8 @@ import pytest
 from mmengine.config import Config
 
 CONFIGS = sorted(str(p) for p in Path('configs').rglob('*.py') if '_base_' not in p.parts)
+PRETRAIN_CONFIGS = [path for path in CONFIGS if 'fcmae' in Path(path).name]  # FCMAE pre-training
+DENSE_CONFIGS = [path for path in CONFIGS if path not in PRETRAIN_CONFIGS]  # detectors and segmentors
 complexity = runpy.run_path('tools/analysis/get_flops.py')['complexity']
 
 # config: (drop path, lr, decay rate, decay type, num_layers, AMP, params M, FLOPs G) from the papers and
@@ -42,7 +44,7 @@ def test_every_config_is_listed() -> None:
     assert {f'configs/{name}.py' for name in [*PAPER, *V2_PAPER]} <= set(CONFIGS)
 
 
-@pytest.mark.parametrize('path', CONFIGS)
+@pytest.mark.parametrize('path', DENSE_CONFIGS)
 def test_config_builds_with_consistent_channels(path: str) -> None:
     from mmengine.registry import MODELS, init_default_scope
     import torch
@@ -60,6 +62,27 @@ def test_config_builds_with_consistent_channels(path: str) -> None:
     else:
         assert tuple(model.decode_head.in_channels) == backbone.out_channels
         assert model.auxiliary_head.in_channels == backbone.out_channels[2]
+
+
+@pytest.mark.parametrize('path', PRETRAIN_CONFIGS)
+def test_pretraining_config_builds_the_papers_fcmae(path: str) -> None:
+    from mmengine.registry import MODELS
+    import torch
+
+    from backbones.convnext import V2_ARCHS
+
+    cfg = Config.fromfile(path)
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
+    assert type(model).__name__ == 'FCMAE' and model.backbone.version == 'v2' and model.mask_ratio == 0.6
+    assert cfg.optim_wrapper.optimizer.betas == (0.9, 0.95) and cfg.optim_wrapper.optimizer.weight_decay == 0.05
+    if 'demo' in path:
+        return
+    size = Path(path).stem.rsplit('_', 1)[1]
+    assert (model.backbone.depths, model.backbone.dims) == (V2_ARCHS[size]['depths'], V2_ARCHS[size]['dims'])
+    assert model.proj.out_channels == 512 and len(model.decoder) == 1  # one block of width 512
+    assert cfg.optim_wrapper.optimizer.lr == 1.5e-4 and cfg.auto_scale_lr.base_batch_size == 256  # x batch / 256
+    assert (cfg.param_scheduler[0].end, cfg.train_cfg.max_epochs) == (40, 800)
 
 
 @pytest.mark.parametrize('name', list(PAPER))
