@@ -5,8 +5,11 @@ after a crash draws different random numbers (augmentation, drop path, RoI sampl
 of the checkpoint on, so its loss curve departs from the uninterrupted run's.
 :class:`RandomStateHook` closes that gap:
 
-* Every checkpoint stores the state of python's ``random``, numpy's global generator, torch's CPU
-  generator and the CUDA generators, one entry per process (``checkpoint['random_state']``).
+* Every checkpoint of a single-process run stores the state of python's ``random``, numpy's global
+  generator, torch's CPU generator and the CUDA generators (``checkpoint['random_state']``).
+  mmengine saves checkpoints on the main process only (``Runner.save_checkpoint`` is master-only), so
+  the other processes' states cannot be gathered there without a collective every iteration:
+  multi-process runs store none and resume as mmengine does.
 * Validation does not disturb the training stream: the state is saved when validation starts and
   put back when it ends (validation draws a seed for its dataloader), so that checkpoints taken
   before a validation and runs without it continue alike.
@@ -14,7 +17,8 @@ of the checkpoint on, so its loss curve departs from the uninterrupted run's.
   the next epoch (epoch-based loops), or after mmengine's iteration-based loop has replayed the
   dataloader up to the checkpoint's iteration.
 
-A checkpoint without the entry (written by another tool) resumes as mmengine does, with a warning.
+A checkpoint without the entry (another tool's, or a multi-process run's) resumes as mmengine does,
+with a warning.
 """
 import logging
 import random
@@ -23,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from mmengine.dist import all_gather_object, get_rank, get_world_size
+from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
@@ -86,9 +90,9 @@ class RandomStateHook(Hook):
         self._state_before_val: RandomState | None = None
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Store every process's state; inside validation, the state training continues from."""
-        state = self._state_before_val or get_random_state()
-        checkpoint['random_state'] = all_gather_object(state) if get_world_size() > 1 else [state]
+        """Store the state (single-process runs); inside validation, the one training continues from."""
+        if get_world_size() == 1:
+            checkpoint['random_state'] = [self._state_before_val or get_random_state()]
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Keep the stored states; :meth:`before_train` decides whether this run resumes."""
@@ -99,15 +103,12 @@ class RandomStateHook(Hook):
         states, self._stored_states = self._stored_states, None
         if runner.iter == 0:
             return
-        if not states:
-            print_log('The checkpoint has no random state: the resumed run draws other random numbers than '
-                      'the original would have.', logger='current', level=logging.WARNING)
-        elif len(states) != get_world_size():
-            print_log(f'The checkpoint holds the random state of {len(states)} processes, this run has '
-                      f'{get_world_size()}: the resumed run draws other random numbers.', logger='current',
-                      level=logging.WARNING)
+        if not states or get_world_size() > 1:
+            print_log('No random state to continue from (the checkpoint has none, or this run has several '
+                      'processes): the resumed run draws other random numbers than the original would have.',
+                      logger='current', level=logging.WARNING)
         else:
-            self._resumed_state = states[get_rank()]
+            self._resumed_state = states[0]
 
     def before_train_epoch(self, runner) -> None:
         """Put the resumed state back before the first new batch is drawn."""
