@@ -50,6 +50,7 @@ records the checkpoint's path in ``work_dir/last_checkpoint`` with a plain ``ope
 truncates the record before writing it: the name ``open`` in that module is pointed at
 :func:`open_record`, which writes the record the same atomic way.
 """
+import hashlib
 import io
 import os
 import pickle
@@ -322,7 +323,11 @@ def load_url_checkpoint(url: str, model_dir: str | None = None, map_location: st
             cannot be loaded.
     """
     folder = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
-    path = os.path.join(folder, os.path.basename(urllib.parse.urlparse(url).path) or 'checkpoint.pth')
+    parsed = urllib.parse.urlparse(url)
+    name = os.path.basename(parsed.path)
+    if not name or parsed.query:  # the path alone does not tell such URLs apart
+        name = f'{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name or "checkpoint.pth"}'
+    path = os.path.join(folder, name)
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
         try:  # torch hub writes a temporary file and renames it when complete

@@ -18,7 +18,10 @@ of the checkpoint on, so its loss curve departs from the uninterrupted run's.
   dataloader up to the checkpoint's iteration.
 
 A checkpoint without the entry (another tool's, or a multi-process run's) resumes as mmengine does,
-with a warning.
+with a warning. So does augmentation in persistent dataloader workers of an epoch-based loop: their
+generators run on across epochs inside the worker processes, out of the checkpoint's reach (the
+iteration-based loop's replay advances them as the original run did; non-persistent workers are
+reseeded alike every epoch).
 """
 import logging
 import random
@@ -50,16 +53,17 @@ def get_random_state() -> RandomState:
 
 
 def set_random_state(state: RandomState) -> None:
-    """Put back generator states returned by :func:`get_random_state`."""
+    """Put back generator states returned by :func:`get_random_state`, wherever the checkpoint loader
+    put their tensors (mmengine's resume loads onto the run's device: a GPU)."""
     version, internal, gauss_next = state['python']
     random.setstate((version, tuple(internal), gauss_next))
     numpy_state = state['numpy']
+    key = numpy_state['key'].cpu().numpy().astype(np.uint32)
     np.random.set_state({'bit_generator': 'MT19937', 'has_gauss': numpy_state['has_gauss'],
-                         'gauss': numpy_state['gauss'],
-                         'state': {'key': numpy_state['key'].numpy().astype(np.uint32), 'pos': numpy_state['pos']}})
-    torch.set_rng_state(state['torch'])
+                         'gauss': numpy_state['gauss'], 'state': {'key': key, 'pos': numpy_state['pos']}})
+    torch.set_rng_state(state['torch'].cpu())
     if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        torch.cuda.set_rng_state_all([cuda_state.cpu() for cuda_state in state['cuda']])
 
 
 class _RestoreBeforeBatch:
@@ -109,6 +113,13 @@ class RandomStateHook(Hook):
                       logger='current', level=logging.WARNING)
         else:
             self._resumed_state = states[0]
+            loader = runner.train_loop.dataloader
+            if not isinstance(runner.train_loop, IterBasedTrainLoop) and loader.num_workers and \
+                    loader.persistent_workers:
+                print_log('Persistent dataloader workers keep their random state across epochs and the checkpoint '
+                          'cannot hold it: augmentation done in the workers is not continued exactly (set '
+                          'train_dataloader.persistent_workers=False for an exact resume).', logger='current',
+                          level=logging.WARNING)
 
     def before_train_epoch(self, runner) -> None:
         """Put the resumed state back before the first new batch is drawn."""

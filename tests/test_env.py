@@ -138,6 +138,8 @@ def test_url_checkpoints_load_like_local_files(tmp_path, served_folder, monkeypa
     checkpoint = CheckpointLoader.load_checkpoint(f'{url}/good.pth', map_location='cpu')
     assert torch.equal(checkpoint['state_dict']['w'], torch.ones(2))
     assert (tmp_path / 'hub' / 'checkpoints' / 'good.pth').exists()  # cached once, like torch hub
+    CheckpointLoader.load_checkpoint(f'{url}/good.pth?version=2', map_location='cpu')
+    assert len(list((tmp_path / 'hub' / 'checkpoints').glob('*-good.pth'))) == 1  # the query names another file
     with pytest.raises(CheckpointError, match=r'Refusing to load .*evil\.pth: it pickles (posix|os)\.system'):
         CheckpointLoader.load_checkpoint(f'{url}/evil.pth', map_location='cpu')
     assert not marker.exists()

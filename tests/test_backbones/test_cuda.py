@@ -71,3 +71,15 @@ def test_amp_training_with_layer_decay_and_checkpointing() -> None:
     groups = {group['group_name']: group for group in optim_wrapper.optimizer.param_groups}
     assert groups['layer_0_decay']['lr'] == pytest.approx(1e-3 * 0.7**7)
     assert groups['layer_7_decay']['lr'] == pytest.approx(1e-3)
+
+
+def test_random_state_loaded_onto_the_gpu_is_put_back() -> None:
+    """mmengine's resume loads checkpoints onto the run's device, the random state included."""
+    from backbones.randomness import get_random_state, set_random_state
+
+    state = get_random_state()
+    drawn = torch.rand(3), torch.rand(3, device='cuda')
+    on_gpu = {**state, 'torch': state['torch'].cuda(), 'cuda': [s.cuda() for s in state['cuda']],
+              'numpy': {**state['numpy'], 'key': state['numpy']['key'].cuda()}}
+    set_random_state(on_gpu)
+    assert torch.equal(torch.rand(3), drawn[0]) and torch.equal(torch.rand(3, device='cuda'), drawn[1])

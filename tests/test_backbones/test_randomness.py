@@ -9,6 +9,7 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
+from backbones import randomness
 from backbones.randomness import RandomStateHook, get_random_state, set_random_state
 
 
@@ -57,16 +58,19 @@ class _RecordLosses(Hook):
         self.losses[runner.iter + 1] = outputs['loss'].item()
 
 
-def _run(work_dir, by_epoch: bool, with_hook: bool = True, resume_from: str | None = None) -> dict[int, float]:
+def _run(work_dir, by_epoch: bool, with_hook: bool = True, resume_from: str | None = None,
+         **loader_options) -> dict[int, float]:
     """Train 12 iterations (3 epochs of 4, or 12 iterations) with checkpoints and validation every 4."""
     recorder = _RecordLosses()
     loader = dict(dataset=_NoisyDataset(), batch_size=2, collate_fn=dict(type='default_collate'),
-                  sampler=dict(type='DefaultSampler' if by_epoch else 'InfiniteSampler', shuffle=True))
+                  sampler=dict(type='DefaultSampler' if by_epoch else 'InfiniteSampler', shuffle=True),
+                  **loader_options)
     schedule = dict(by_epoch=True, max_epochs=3, val_interval=1) if by_epoch else dict(
         by_epoch=False, max_iters=12, val_interval=4)
     runner = Runner(
         model=_NoisyModel(), work_dir=str(work_dir), train_dataloader=loader, train_cfg=schedule,
-        val_dataloader=dict(loader, sampler=dict(type='DefaultSampler', shuffle=False)), val_cfg=dict(),
+        val_dataloader=dict(loader, sampler=dict(type='DefaultSampler', shuffle=False), num_workers=0,
+                            persistent_workers=False), val_cfg=dict(),
         val_evaluator=dict(type=_MeanPrediction), optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1 if by_epoch else 4, by_epoch=by_epoch)),
         custom_hooks=[recorder, RandomStateHook()] if with_hook else [recorder],
@@ -88,6 +92,17 @@ def test_resumed_run_continues_the_original_random_numbers(tmp_path, by_epoch: b
     unhooked = _run(tmp_path / 'unhooked', by_epoch, with_hook=False,
                     resume_from=str(tmp_path / 'plain' / checkpoint.name))
     assert any(unhooked[i] != plain[i] for i in unhooked)
+
+
+def test_persistent_workers_of_an_epoch_based_run_get_a_warning(tmp_path, monkeypatch) -> None:
+    """Their generators live on in the worker processes, out of the checkpoint's reach."""
+    messages = []
+    monkeypatch.setattr(randomness, 'print_log', lambda message, **kwargs: messages.append(message))
+    _run(tmp_path / 'original', True, num_workers=1, persistent_workers=True)
+    assert not messages
+    _run(tmp_path / 'resumed', True, resume_from=str(tmp_path / 'original' / 'epoch_1.pth'), num_workers=1,
+         persistent_workers=True)
+    assert [m for m in messages if m.startswith('Persistent dataloader workers keep their random state')]
 
 
 def test_random_state_round_trips_through_plain_data() -> None:

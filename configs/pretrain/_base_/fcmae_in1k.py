@@ -47,7 +47,7 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_last=True))
 custom_hooks = [
-    dict(type='RandomStateHook'),  # --resume continues the random numbers (masks, crops) of the run
+    dict(type='RandomStateHook'),  # --resume continues the masks; the crops too without persistent workers
     dict(type='FCMAEReconstructionHook', interval=5000, num_images=4),  # WORK_DIR/reconstructions/*.png
 ]
 env_cfg = dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
