@@ -57,7 +57,7 @@ from mmseg.apis import MMSegInferencer  # noqa: E402
 from backbones.checkpoint import load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.runtime import PRECISIONS, DictAction, autocast_test_step, enable_tta, load_config  # noqa: E402
-from backbones.runtime import resolve_precision  # noqa: E402
+from backbones.runtime import default_device, resolve_precision  # noqa: E402
 
 INFERENCERS = {'mmdet': DetInferencer, 'mmseg': MMSegInferencer}  # by the config's default_scope
 # FFmpeg's own messages about a file it cannot read would add lines to our one warning line.
@@ -99,7 +99,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--tta', action='store_true', help="the config's test-time augmentation (segmentation)")
     parser.add_argument('--precision', choices=PRECISIONS, default='auto',
                         help='auto (default): fp16 on CUDA, bf16 on CPUs that compute it natively, else fp32')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+    parser.add_argument('--device', default=default_device(),
                         help='cpu, cuda, cuda:1, ... (default cuda where available)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
     args = parser.parse_args()

@@ -74,7 +74,7 @@ from mmengine.utils import ProgressBar, get_installed_path  # noqa: E402
 from torch import nn  # noqa: E402
 
 from backbones import ConvNeXt  # noqa: E402
-from backbones.checkpoint import load_model_weights  # noqa: E402
+from backbones.checkpoint import load_exactly, load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.convnext import V1_ARCHS  # noqa: E402
 from backbones.runtime import DictAction, autocast, autocast_test_step, default_device, load_config  # noqa: E402
@@ -276,13 +276,11 @@ def build_peers(cfg: Config, ours: nn.Module, device: torch.device) -> tuple[lis
     peer = build_model(peer_cfg.model)
     state = {**{f'backbone.{k}': v for k, v in to_mmpretrain(backbone_state).items()},
              **{k: v for k, v in ours.state_dict().items() if not k.startswith('backbone.')}}
-    expected = peer.state_dict()
-    mismatch = next((k for k in sorted(expected.keys() | state.keys())
-                     if k not in expected or k not in state or expected[k].shape != state[k].shape), None)
-    if mismatch:
-        return peers, [f'--compare: {package}::{relative_path} does not have this config\'s model (first '
-                       f'difference: {mismatch}); comparing backbones with timm only.']
-    peer.load_state_dict(state)
+    try:
+        load_exactly(peer, state, f'our weights for {package}::{relative_path}', 'both configs build the same model')
+    except CheckpointError as error:
+        return peers, [f'--compare: {package}::{relative_path} does not have this config\'s model ({error}); '
+                       'comparing backbones with timm only.']
     peer.to(device)
     peers.insert(0, Peer(f'{package} config', peer.backbone, peer, raw_stages=False))
     return peers, []
