@@ -1,7 +1,8 @@
 """Run a ConvNeXt detector (mmdet) or segmentor (mmseg) on your own images, folders, patterns and videos.
 
     python tools/infer.py CONFIG CKPT INPUTS... --out DIR [--batch-size N] [--score-thr T] [--tta]
-                          [--precision {auto,fp32,bf16,fp16}] [--device DEVICE] [--cfg-options KEY=VALUE ...]
+                          [--precision {auto,fp32,bf16,fp16}] [--channels-last] [--compile] [--device DEVICE]
+                          [--cfg-options KEY=VALUE ...]
 
 INPUTS: image files, folders (searched recursively for .jpg, .png, .bmp, .tif, .webp, ... images), glob
 patterns (quoted: 'photos/**/*.jpg') and video files that OpenCV reads, whose frames become images named
@@ -21,7 +22,8 @@ named <name> (<stem> without the extension):
 CKPT is loaded as tools/test.py loads it: checkpoints of tools/train.py or the official release, strictly.
 The class names and colours are the config's (its test set). --tta runs the config's test-time augmentation
 (segmentation: scales 0.5 to 1.75 with flip). --precision (default auto: fp16 on CUDA, bf16 on a CPU that
-computes it natively, else fp32) runs the model under autocast, as tools/test.py does. A batch holds consecutive images of one size. A file that is
+computes it natively, else fp32) runs the model under autocast, as tools/test.py does; --channels-last and
+--compile are tools/test.py's too. A batch holds consecutive images of one size. A file that is
 not a readable image or video is skipped with one warning line; the exit status is 0 when at least one image
 was processed.
 """
@@ -56,7 +58,8 @@ from mmseg.apis import MMSegInferencer  # noqa: E402
 
 from backbones.checkpoint import load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
-from backbones.runtime import PRECISIONS, DictAction, autocast_test_step, enable_tta, load_config  # noqa: E402
+from backbones.inference import prepare_inference  # noqa: E402
+from backbones.runtime import PRECISIONS, DictAction, enable_tta, load_config  # noqa: E402
 from backbones.runtime import default_device, resolve_precision  # noqa: E402
 
 INFERENCERS = {'mmdet': DetInferencer, 'mmseg': MMSegInferencer}  # by the config's default_scope
@@ -99,6 +102,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--tta', action='store_true', help="the config's test-time augmentation (segmentation)")
     parser.add_argument('--precision', choices=PRECISIONS, default='auto',
                         help='auto (default): fp16 on CUDA, bf16 on CPUs that compute it natively, else fp32')
+    parser.add_argument('--channels-last', action='store_true', help='convolutions in channels_last (NHWC)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the backbone (many images)')
     parser.add_argument('--device', default=default_device(),
                         help='cpu, cuda, cuda:1, ... (default cuda where available)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
@@ -308,7 +313,7 @@ def main() -> None:
         inferencer = build_inferencer(cfg, args.checkpoint, args.device)
     except (ValueError, CheckpointError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
-    autocast_test_step(inferencer.model, precision)
+    prepare_inference(inferencer.model, precision, args.channels_last, args.compile)
     if not run(inferencer, files, Path(args.out), args.batch_size, args.score_thr):
         raise SystemExit('error: no input could be read as an image')
 

@@ -1,8 +1,8 @@
 """Evaluate a ConvNeXt detector (COCO box/mask AP) or segmentor (ADE20K mIoU) checkpoint.
 
     python tools/test.py CONFIG CKPT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta]
-                         [--precision {auto,fp32,bf16,fp16}] [--data-root DIR] [--cfg-options KEY=VALUE ...]
-                         [--launcher ...]
+                         [--precision {auto,fp32,bf16,fp16}] [--channels-last] [--compile]
+                         [--data-root DIR] [--cfg-options KEY=VALUE ...] [--launcher ...]
 
 CKPT may be a checkpoint written by tools/train.py or one of the official ConvNeXt COCO/ADE20K
 release (converted on the fly, see checkpoints/README.md); it is loaded strictly, so a config that
@@ -11,6 +11,9 @@ does not match the checkpoint is an error, not a silently wrong score. --out wri
 visualisation per image, --tta runs the config's test-time augmentation (segmentation: scales 0.5 to
 1.75 with flip). --precision (default fp32, the exact scores): bf16 or fp16 run the model under
 autocast; auto is fp16 on CUDA, bf16 on a CPU that computes it natively, fp32 on other CPUs.
+--channels-last runs the convolutions in NHWC, --compile torch.compiles the backbone (the first image of
+each new size compiles; for long evaluations); README "Speed" has what each buys. On a CPU, RoIAlign
+always runs on all cores (backbones/inference.py).
 """
 import argparse
 import os.path as osp
@@ -26,8 +29,8 @@ from mmengine.runner import Runner  # noqa: E402
 from backbones.checkpoint import load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
+from backbones.inference import prepare_inference  # noqa: E402
 from backbones.runtime import PRECISIONS, default_device, enable_tta, resolve_precision, set_data_root  # noqa: E402
-from backbones.runtime import autocast_test_step  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--show-dir', help='write a visualisation of every prediction to this folder')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (multi-scale + flip)')
     parser.add_argument('--precision', choices=PRECISIONS, default='fp32', help='autocast the model (default fp32)')
+    parser.add_argument('--channels-last', action='store_true', help='convolutions in channels_last (NHWC)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the backbone (long evaluations)')
     parser.add_argument('--data-root', help='dataset folder instead of the config\'s')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
@@ -93,7 +98,7 @@ def main() -> None:
         load_model_weights(model, args.checkpoint, runner.logger)
     except (CheckpointError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
-    autocast_test_step(runner.model, precision)
+    prepare_inference(runner.model, precision, args.channels_last, args.compile)
     runner.test()
 
 

@@ -1,7 +1,7 @@
 """Speed and memory of a detector or segmentor config, and of mmdet's, mmseg's and timm's ConvNeXt beside it.
 
     python tools/analysis/benchmark.py CONFIG [CKPT] [--shape H W] [--batch-size N] [--precision P]
-        [--device DEV] [--threads N] [--warmup N] [--repeats N] [--channels-last] [--compare] [--train]
+        [--device DEV] [--threads N] [--warmup N] [--repeats N] [--channels-last] [--compile] [--compare] [--train]
         [--json OUT] [--cfg-options KEY=VALUE ...]
 
 One table row per case:
@@ -33,8 +33,11 @@ calls the backbone once per crop; training pads to the data preprocessor's ``siz
 around the backbone case and the whole ``test_step`` (predictions back in fp32; on CPUs mmcv's RoIAlign
 and nms compute in fp32, see :mod:`backbones.precision`), and the training precision's optim wrapper
 (``set_training_precision``: OptimWrapper, AmpOptimWrapper on CUDA, AutocastOptimWrapper for bf16 on
-CPUs). ``--channels-last`` gives our backbone channels_last weights and inputs (its outputs stay
-contiguous NCHW for mmcv's RoIAlign). The peers run in fp32 and NCHW, as their own tools run them.
+CPUs). Our inference cases are prepared as the tools prepare them (:func:`backbones.inference.prepare_inference`:
+on CPUs RoIAlign on all cores; ``--channels-last`` the convolutions in NHWC, ``--compile`` the backbone
+``torch.compile``\ d, compiled in the warm-up runs, which ``--warmup`` must cover). The training step takes
+``--channels-last`` for the backbone only. The peers run in fp32, NCHW and with mmcv's own kernels, as their
+own tools run them.
 
 Weights: CKPT, read strictly in any format ``tools/test.py`` reads (through mmengine's checkpoint
 loader, which ``import backbones`` makes the project's safe one); without CKPT, the config's
@@ -77,7 +80,8 @@ from backbones import ConvNeXt  # noqa: E402
 from backbones.checkpoint import load_exactly, load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.convnext import V1_ARCHS  # noqa: E402
-from backbones.runtime import DictAction, autocast, autocast_test_step, default_device, load_config  # noqa: E402
+from backbones.inference import feed_channels_last, prepare_inference  # noqa: E402
+from backbones.runtime import DictAction, autocast, default_device, load_config  # noqa: E402
 from backbones.runtime import resolve_precision, set_training_precision  # noqa: E402
 
 # mmdet's and mmseg's own ConvNeXt-T configs (mmpretrain backbone), by model type, and timm's ConvNeXt-T.
@@ -116,7 +120,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--threads', type=int, help='torch CPU threads (torch.set_num_threads)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed runs first, at least 1 (default: 3)')
     parser.add_argument('--repeats', type=int, default=20, help='timed runs (default: 20)')
-    parser.add_argument('--channels-last', action='store_true', help='our backbone\'s input and weights channels_last')
+    parser.add_argument('--channels-last', action='store_true', help='our convolutions in channels_last (NHWC)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile our backbone (in the warm-up runs)')
     parser.add_argument('--compare', action='store_true', help='also mmdet\'s/mmseg\'s and timm\'s ConvNeXt-T')
     parser.add_argument('--train', action='store_true', help='also training steps, with and without with_cp')
     parser.add_argument('--json', metavar='OUT', help='write the rows to this JSON file')
@@ -145,17 +150,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type != 'cpu' and not (device.type == 'cuda' and torch.cuda.is_available()):
         raise SystemExit(f'error: device {name} is not available: use cpu or, with a CUDA GPU, cuda.')
     return device
-
-
-def feed_channels_last(backbone: nn.Module) -> None:
-    """Give ``backbone`` channels_last weights and, through a forward pre-hook, channels_last inputs.
-
-    The parameters stay the same objects (their data is converted), so an optimizer holds them
-    whether it is built before or after.
-    """
-    backbone.to(memory_format=torch.channels_last)
-    backbone.register_forward_pre_hook(
-        lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
 
 
 def inference(run: Callable[[], Any], precision: str, device: torch.device) -> Callable[[], Any]:
@@ -333,7 +327,7 @@ def synthetic_batch(model: nn.Module, scope: str, batch_size: int, shape: tuple[
 
 
 def train_case(cfg: Config, weights: dict[str, torch.Tensor], with_cp: bool, args: argparse.Namespace,
-               precision: str, device: torch.device, label: str) -> Case:
+               precision: str, device: torch.device) -> Case:
     """A training step of our model with ``weights``, ``with_cp`` on the backbone, the optimizer of
     ``cfg`` (its precision set already) and a batch with random targets."""
     model = build_model(dict(cfg.model, backbone=dict(cfg.model.backbone, with_cp=with_cp)))
@@ -343,6 +337,7 @@ def train_case(cfg: Config, weights: dict[str, torch.Tensor], with_cp: bool, arg
         feed_channels_last(model.backbone)
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     batch = synthetic_batch(model, cfg.default_scope, args.batch_size, args.shape, with_targets=True)
+    label = 'ours, channels_last backbone' if args.channels_last else 'ours'
     return Case(f'{cfg.model.type} train step', label + (' with_cp' if with_cp else ''), precision,
                 lambda: model.train_step(batch, optim_wrapper), model.backbone)
 
@@ -480,12 +475,10 @@ def main() -> None:
         hint = '' if args.checkpoint else ' Or --cfg-options model.backbone.init_cfg=None for random weights.'
         raise SystemExit(f'error: {error}{hint}') from None
     ours.to(device)
-    if args.channels_last:
-        feed_channels_last(ours.backbone)
-    autocast_test_step(ours, precision)
+    prepare_inference(ours, precision, args.channels_last, args.compile)
     images = torch.randn(args.batch_size, 3, *args.shape, generator=torch.Generator().manual_seed(0)).to(device)
     peers, notes = build_peers(cfg, ours, device) if args.compare else ([], [])
-    label = 'ours, channels_last' if args.channels_last else 'ours'
+    label = ', '.join(['ours'] + ['channels_last'] * args.channels_last + ['compiled'] * args.compile)
     batch = synthetic_batch(ours, cfg.default_scope, args.batch_size, args.shape, with_targets=False)
     test_step = f'{cfg.model.type} test_step'
     cases = [Case('backbone', label, precision, inference(lambda: ours.backbone(images), precision, device),
@@ -502,13 +495,15 @@ def main() -> None:
         set_training_precision(cfg, precision)
         state = ours.state_dict()
         try:
-            rows += [measure(train_case(cfg, state, with_cp, args, precision, device, label), args, device, bar)
+            rows += [measure(train_case(cfg, state, with_cp, args, precision, device), args, device, bar)
                      for with_cp in (False, True)]
         except ValueError as error:  # e.g. BatchNorm after global pooling (UperNet's PPM) at --batch-size 1
             sys.stderr.write('\n')  # end the progress bar's line
             raise SystemExit(f'error: the training step failed: {error}') from None
     print(file=sys.stderr)
-    ours_p50 = {row.model: row.p50_ms for row in rows if row.implementation == label}
+    ours_p50 = {}
+    for row in rows:  # ours comes first in each case
+        ours_p50.setdefault(row.model, row.p50_ms)
     for row in rows:
         row.ratio = row.p50_ms / ours_p50[row.model]
 
