@@ -16,9 +16,11 @@ One table row per case:
   backbone) in both inference cases, and timm's ``features_only`` ConvNeXt-T in the backbone case, all
   with our model's weights. Other archs have no peer: ``--compare`` says so and benchmarks ours only.
 
-Columns: p50/p90 ms are the latency of one batch over ``--repeats`` timed runs after ``--warmup`` runs;
-images/s is batch size / p50. Peak MB is the most memory a case needed above what the process held when
-the case began (models already built do not count; the gradients and optimizer state of a training step
+Columns: p50/p90 ms are the latency of one batch over ``--repeats`` timed runs. Each case first has its
+``--warmup`` runs; then the inference cases (and, apart, the two training steps) are timed in rounds of one
+run of each, so that a drift in the machine's speed reaches ours and the peers alike. images/s is batch
+size / p50. Peak MB is the most memory a case needed in its warm-up runs above what the process held when
+they began (models already built do not count; the gradients and optimizer state of a training step
 do): on a CPU the rise of the resident-set high-water mark (Linux VmHWM, reset per case through
 /proc/self/clear_refs, after glibc's malloc_trim has returned freed heap, so that heap kept from an
 earlier case cannot hide a case's growth), on CUDA ``torch.cuda.max_memory_allocated``. Ratio is the
@@ -392,23 +394,33 @@ def timed(run: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - begin
 
 
-def measure(case: Case, args: argparse.Namespace, device: torch.device, bar: ProgressBar) -> Row:
-    """Run ``case`` ``args.warmup`` times, observing the first run, then ``args.repeats`` timed times."""
-    start = start_memory_window(device)
-    with observe(case.backbone) as observed:
-        timed(case.run, device)
-    bar.update()
-    latencies = []
-    for index in range(1, args.warmup + args.repeats):
-        latency = timed(case.run, device)
-        if index >= args.warmup:
-            latencies.append(latency)
+def measure(cases: list[Case], args: argparse.Namespace, device: torch.device, bar: ProgressBar) -> list[Row]:
+    """Warm each case up in turn (``args.warmup`` runs in its memory window, the first observed), then time
+    them in rounds of one run each, ``args.repeats`` rounds: a drift of the machine's speed reaches every
+    case alike, so the ratios hold better than with the cases timed one after the other."""
+    warm = []
+    for case in cases:
+        start = start_memory_window(device)
+        with observe(case.backbone) as observed:
+            timed(case.run, device)
         bar.update()
-    p50, p90 = (float(value) for value in np.percentile(latencies, [50, 90]) * 1000)
-    return Row(case.model, case.implementation, case.precision, args.batch_size, f'{args.shape[0]}x{args.shape[1]}',
-               images_per_s=args.batch_size * 1000 / p50, p50_ms=p50, p90_ms=p90,
-               peak_mb=peak_memory(device) - start, ratio=None, max_abs_diff=case.max_abs_diff,
-               compute_dtype='+'.join(sorted(observed.dtypes)), backbone_inputs=observed.inputs)
+        for _ in range(args.warmup - 1):
+            timed(case.run, device)
+            bar.update()
+        warm.append((observed, peak_memory(device) - start))
+    latencies = [[] for _ in cases]
+    for _ in range(args.repeats):
+        for case, runs in zip(cases, latencies):
+            runs.append(timed(case.run, device))
+            bar.update()
+    rows = []
+    for case, (observed, peak_mb), runs in zip(cases, warm, latencies):
+        p50, p90 = (float(value) for value in np.percentile(runs, [50, 90]) * 1000)
+        rows.append(Row(case.model, case.implementation, case.precision, args.batch_size,
+                        f'{args.shape[0]}x{args.shape[1]}', images_per_s=args.batch_size * 1000 / p50, p50_ms=p50,
+                        p90_ms=p90, peak_mb=peak_mb, ratio=None, max_abs_diff=case.max_abs_diff,
+                        compute_dtype='+'.join(sorted(observed.dtypes)), backbone_inputs=observed.inputs))
+    return rows
 
 
 def environment(device: torch.device, weights: str) -> dict:
@@ -490,13 +502,13 @@ def main() -> None:
                    peer.backbone) for peer in peers if peer.model]
 
     bar = ProgressBar((len(cases) + 2 * args.train) * (args.warmup + args.repeats), file=sys.stderr)
-    rows = [measure(case, args, device, bar) for case in cases]
+    rows = measure(cases, args, device, bar)
     if args.train:
         set_training_precision(cfg, precision)
         state = ours.state_dict()
         try:
-            rows += [measure(train_case(cfg, state, with_cp, args, precision, device), args, device, bar)
-                     for with_cp in (False, True)]
+            rows += measure([train_case(cfg, state, with_cp, args, precision, device) for with_cp in (False, True)],
+                            args, device, bar)
         except ValueError as error:  # e.g. BatchNorm after global pooling (UperNet's PPM) at --batch-size 1
             sys.stderr.write('\n')  # end the progress bar's line
             raise SystemExit(f'error: the training step failed: {error}') from None
