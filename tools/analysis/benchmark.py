@@ -17,8 +17,9 @@ One table row per case:
   with our model's weights. Other archs have no peer: ``--compare`` says so and benchmarks ours only.
 
 Columns: p50/p90 ms are the latency of one batch over ``--repeats`` timed runs. Each case first has its
-``--warmup`` runs; then the inference cases (and, apart, the two training steps) are timed in rounds of one
-run of each, so that a drift in the machine's speed reaches ours and the peers alike. images/s is batch
+``--warmup`` runs; then the inference cases are timed in rounds of one run of each, so that a drift in the
+machine's speed reaches ours and the peers alike. The two training steps are measured one after the other,
+each model freed before the next is built, so that one's freed memory cannot hide the other's growth. images/s is batch
 size / p50. Peak MB is the most memory a case needed in its warm-up runs above what the process held when
 they began (models already built do not count; the gradients and optimizer state of a training step
 do): on a CPU the rise of the resident-set high-water mark (Linux VmHWM, reset per case through
@@ -507,8 +508,8 @@ def main() -> None:
         set_training_precision(cfg, precision)
         state = ours.state_dict()
         try:
-            rows += measure([train_case(cfg, state, with_cp, args, precision, device) for with_cp in (False, True)],
-                            args, device, bar)
+            for with_cp in (False, True):  # one at a time: the first is freed before the second's memory window
+                rows += measure([train_case(cfg, state, with_cp, args, precision, device)], args, device, bar)
         except ValueError as error:  # e.g. BatchNorm after global pooling (UperNet's PPM) at --batch-size 1
             sys.stderr.write('\n')  # end the progress bar's line
             raise SystemExit(f'error: the training step failed: {error}') from None
