@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch._inductor.config as inductor_config
+from torch._inductor import cpp_builder
+from torch._inductor.exc import InvalidCxxCompiler
 import torchvision
 from mmcv.ops import RoIAlign
 from torch import nn
@@ -94,7 +96,16 @@ def compile_backbone(model: nn.Module) -> None:
     freeze: measured as slow as no freezing), so this is for processes that only infer: frozen weights do
     not follow later updates. The first image of each new size compiles (tens of seconds on a small CPU);
     after the second size the graph is compiled for dynamic sizes. Pays on long evaluations only.
+
+    Raises:
+        ValueError: On a CPU without a C++ compiler, which inductor needs to build its kernels.
     """
+    if next(model.backbone.parameters()).device.type == 'cpu':
+        try:
+            cpp_builder.get_cpp_compiler()
+        except InvalidCxxCompiler:
+            raise ValueError('--compile on a CPU needs a C++ compiler (torch.compile builds its kernels with it): '
+                             'install g++ or set CXX, or leave out --compile.') from None
     inductor_config.freezing = True
     model.backbone.compile()
 
@@ -108,6 +119,9 @@ def prepare_inference(model: nn.Module, precision: str, channels_last: bool = Fa
         precision: ``fp32``, ``bf16`` or ``fp16`` (resolved, not ``auto``).
         channels_last: :func:`to_channels_last`.
         compile: :func:`compile_backbone`.
+
+    Raises:
+        ValueError: ``compile`` on a CPU without a C++ compiler.
     """
     autocast_test_step(model, precision)
     roi_align_on_all_cores(model)

@@ -313,7 +313,10 @@ def main() -> None:
         inferencer = build_inferencer(cfg, args.checkpoint, args.device)
     except (ValueError, CheckpointError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
-    prepare_inference(inferencer.model, precision, args.channels_last, args.compile)
+    try:
+        prepare_inference(inferencer.model, precision, args.channels_last, args.compile)
+    except ValueError as error:
+        raise SystemExit(f'error: {error}') from None
     if not run(inferencer, files, Path(args.out), args.batch_size, args.score_thr):
         raise SystemExit('error: no input could be read as an image')
 

@@ -98,7 +98,10 @@ def main() -> None:
         load_model_weights(model, args.checkpoint, runner.logger)
     except (CheckpointError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
-    prepare_inference(runner.model, precision, args.channels_last, args.compile)
+    try:
+        prepare_inference(runner.model, precision, args.channels_last, args.compile)
+    except ValueError as error:
+        raise SystemExit(f'error: {error}') from None
     runner.test()
 
 

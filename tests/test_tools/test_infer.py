@@ -13,6 +13,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
+import torch._inductor.config
 from mmdet.apis import DetInferencer
 from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
@@ -146,9 +147,9 @@ def test_segmentation_tta_is_the_configs_tta_model(demo, tmp_path, monkeypatch) 
     assert labels.shape == (64, 64) and (labels == expected).all()
 
 
-@pytest.mark.parametrize('case', ['pattern matching nothing', 'broken checkpoint', 'missing config'])
+@pytest.mark.parametrize('case', ['pattern matching nothing', 'broken checkpoint', 'missing config', 'no C++ compiler'])
 def test_unusable_arguments_are_one_error_line(demo, tmp_path, monkeypatch, capsys, case: str) -> None:
-    pattern, checkpoint, config = str(tmp_path / '*.png'), demo / 'det.pth', DET_CONFIG
+    pattern, checkpoint, config, flags = str(tmp_path / '*.png'), demo / 'det.pth', DET_CONFIG, []
     expected = f'error: nothing to run on: {pattern}: no file matches it'
     if case == 'broken checkpoint':
         pattern, checkpoint = str(demo / 'images'), tmp_path / 'det.pth'
@@ -157,7 +158,13 @@ def test_unusable_arguments_are_one_error_line(demo, tmp_path, monkeypatch, caps
     elif case == 'missing config':
         config = 'configs/demo/no_such_config.py'
         expected = f'error: config not found: {config}'
-    with pytest.raises(SystemExit) as exit_info:
-        infer_here(monkeypatch, config, str(checkpoint), pattern, '--out', str(tmp_path / 'out'), '--device', 'cpu')
+    elif case == 'no C++ compiler':
+        pattern, flags = str(demo / 'images'), ['--compile']
+        expected = ('error: --compile on a CPU needs a C++ compiler (torch.compile builds its kernels with it): '
+                    'install g++ or set CXX, or leave out --compile.')
+    no_compiler = {'cpp.cxx': ('no-such-c++-compiler',)} if flags else {}
+    with pytest.raises(SystemExit) as exit_info, torch._inductor.config.patch(no_compiler):
+        infer_here(monkeypatch, config, str(checkpoint), pattern, '--out', str(tmp_path / 'out'), '--device', 'cpu',
+                   *flags)
     assert exit_info.value.code == expected
     assert capsys.readouterr().err == ''

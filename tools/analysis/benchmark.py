@@ -488,7 +488,10 @@ def main() -> None:
         hint = '' if args.checkpoint else ' Or --cfg-options model.backbone.init_cfg=None for random weights.'
         raise SystemExit(f'error: {error}{hint}') from None
     ours.to(device)
-    prepare_inference(ours, precision, args.channels_last, args.compile)
+    try:
+        prepare_inference(ours, precision, args.channels_last, args.compile)
+    except ValueError as error:
+        raise SystemExit(f'error: {error}') from None
     images = torch.randn(args.batch_size, 3, *args.shape, generator=torch.Generator().manual_seed(0)).to(device)
     peers, notes = build_peers(cfg, ours, device) if args.compare else ([], [])
     label = ', '.join(['ours'] + ['channels_last'] * args.channels_last + ['compiled'] * args.compile)
