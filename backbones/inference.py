@@ -19,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch._inductor.config as inductor_config
-from torch._inductor import cpp_builder
-from torch._inductor.exc import InvalidCxxCompiler
 import torchvision
 from mmcv.ops import RoIAlign
 from torch import nn
+from torch._inductor import cpp_builder
+from torch._inductor.exc import InvalidCxxCompiler
 
-from .runtime import autocast_test_step
+from .runtime import autocast_test_step, unwrap_model
 
 __all__ = ['compile_backbone', 'feed_channels_last', 'prepare_inference', 'roi_align_on_all_cores', 'to_channels_last']
 
@@ -93,9 +93,10 @@ def compile_backbone(model: nn.Module) -> None:
 
     Inductor then folds the weights as constants and fuses the elementwise work of each block into its
     matrix products. Freezing is inductor's process-wide ``freezing`` setting (its per-call option
-    ``options={'freezing': True}`` measured 831 ms per ConvNeXt-T call at 800x1344 in bf16, against 672 ms),
-    so this is for processes that only infer: frozen weights do not follow later updates. The first image of each new size compiles (tens of seconds on a small CPU);
-    after the second size the graph is compiled for dynamic sizes. Pays on long evaluations only.
+    ``options={'freezing': True}`` measured 831 ms per ConvNeXt-T call at 800x1344 in bf16, against 672
+    ms), so this is for processes that only infer: frozen weights do not follow later updates. The first
+    image of each new size compiles (tens of seconds on a small CPU); after the second size the graph is
+    compiled for dynamic sizes. Pays on long evaluations only.
 
     Raises:
         ValueError: On a CPU without a C++ compiler, which inductor needs to build its kernels.
@@ -125,9 +126,7 @@ def prepare_inference(model: nn.Module, precision: str, channels_last: bool = Fa
     """
     autocast_test_step(model, precision)
     roi_align_on_all_cores(model)
-    inner = model
-    while not hasattr(inner, 'backbone'):
-        inner = inner.module
+    inner = unwrap_model(model)
     if channels_last:
         to_channels_last(inner)
     if compile:

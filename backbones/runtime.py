@@ -4,7 +4,8 @@
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the README section.
 * :func:`find_resume_checkpoint`: what ``--resume`` continues from, also after a crash.
-* :func:`enable_tta`: ``--tta``, the config's test-time augmentation model and pipeline.
+* :func:`enable_tta`: ``--tta``, the config's test-time augmentation model and pipeline;
+  :func:`unwrap_model`: the model inside it and inside DDP.
 * :func:`resolve_precision`, :func:`autocast`, :func:`set_training_precision` and
   :func:`autocast_test_step`: ``--precision {auto,fp32,bf16,fp16}`` of the tools. The papers'
   AMP recipes train in bf16 on CPUs that compute it natively (mmengine's ``AmpOptimWrapper`` needs a
@@ -23,14 +24,14 @@ from typing import Any
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
-from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.model import BaseTTAModel, MMDistributedDataParallel, is_model_wrapper, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
 from mmengine.structures import BaseDataElement
 from torch import nn
 
 __all__ = ['DictAction', 'DatasetNotFoundError', 'PRECISIONS', 'adapt_to_cpu', 'autocast', 'autocast_test_step',
            'check_datasets', 'cpu_supports_bf16', 'default_device', 'enable_tta', 'find_resume_checkpoint',
-           'load_config', 'resolve_precision', 'set_data_root', 'set_training_precision']
+           'load_config', 'resolve_precision', 'set_data_root', 'set_training_precision', 'unwrap_model']
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -239,6 +240,13 @@ def autocast_test_step(model: nn.Module, precision: str) -> None:
         return _floats_to_fp32(predictions)
 
     model.test_step = autocast_step
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The detector or segmentor inside ``model``'s model wrappers (DDP) and test-time augmentation models."""
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
 
 
 def enable_tta(cfg: Config) -> None:

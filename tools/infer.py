@@ -50,7 +50,6 @@ from mmdet.structures.mask import encode_mask_results  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.infer import BaseInferencer  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
-from mmengine.model import BaseTTAModel  # noqa: E402
 from mmengine.registry import DATASETS  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
 from mmengine.utils import ProgressBar  # noqa: E402
@@ -60,7 +59,7 @@ from backbones.checkpoint import load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
 from backbones.inference import prepare_inference  # noqa: E402
 from backbones.runtime import PRECISIONS, DictAction, enable_tta, load_config  # noqa: E402
-from backbones.runtime import default_device, resolve_precision  # noqa: E402
+from backbones.runtime import default_device, resolve_precision, unwrap_model  # noqa: E402
 
 INFERENCERS = {'mmdet': DetInferencer, 'mmseg': MMSegInferencer}  # by the config's default_scope
 # FFmpeg's own messages about a file it cannot read would add lines to our one warning line.
@@ -232,10 +231,7 @@ def build_inferencer(cfg: Config, checkpoint: str, device: str) -> BaseInference
     with warnings.catch_warnings():  # both warn that no weights were given: they are loaded below
         warnings.filterwarnings('ignore', message='(Checkpoint is not loaded|weights is None)')
         inferencer = INFERENCERS[cfg.default_scope](model=cfg, device=device)
-    model = inferencer.model
-    while isinstance(model, BaseTTAModel):
-        model = model.module
-    load_model_weights(model, checkpoint, MMLogger.get_current_instance())
+    load_model_weights(unwrap_model(inferencer.model), checkpoint, MMLogger.get_current_instance())
     metainfo = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
     inferencer.visualizer.dataset_meta = dict(classes=metainfo['classes'], palette=metainfo.get('palette'))
     return inferencer

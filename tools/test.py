@@ -22,15 +22,15 @@ import warnings
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.model import BaseTTAModel, is_model_wrapper  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from backbones.checkpoint import load_model_weights  # noqa: E402
 from backbones.checkpoint_io import CheckpointError  # noqa: E402
-from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
 from backbones.inference import prepare_inference  # noqa: E402
+from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
 from backbones.runtime import PRECISIONS, default_device, enable_tta, resolve_precision, set_data_root  # noqa: E402
+from backbones.runtime import unwrap_model  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -91,11 +91,8 @@ def main() -> None:
     adapt_to_cpu(cfg)
 
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    model = runner.model
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
     try:
-        load_model_weights(model, args.checkpoint, runner.logger)
+        load_model_weights(unwrap_model(runner.model), args.checkpoint, runner.logger)
     except (CheckpointError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
     try:

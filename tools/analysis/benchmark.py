@@ -19,10 +19,10 @@ One table row per case:
 Columns: p50/p90 ms are the latency of one batch over ``--repeats`` timed runs. Each case first has its
 ``--warmup`` runs; then the inference cases are timed in rounds of one run of each, so that a drift in the
 machine's speed reaches ours and the peers alike. The two training steps are measured one after the other,
-each model freed before the next is built, so that one's freed memory cannot hide the other's growth. images/s is batch
-size / p50. Peak MB is the most memory a case needed in its warm-up runs above what the process held when
-they began (models already built do not count; the gradients and optimizer state of a training step
-do): on a CPU the rise of the resident-set high-water mark (Linux VmHWM, reset per case through
+each model freed before the next is built, so that one's freed memory cannot hide the other's growth.
+images/s is batch size / p50. Peak MB is the most memory a case needed in its warm-up runs above what the
+process held when they began (models already built do not count; the gradients and optimizer state of a
+training step do): on a CPU the rise of the resident-set high-water mark (Linux VmHWM, reset per case through
 /proc/self/clear_refs, after glibc's malloc_trim has returned freed heap, so that heap kept from an
 earlier case cannot hide a case's growth), on CUDA ``torch.cuda.max_memory_allocated``. Ratio is the
 row's p50 over ours in the same case: peer time / ours, with_cp time / without. Max abs diff is the
@@ -38,7 +38,7 @@ and nms compute in fp32, see :mod:`backbones.precision`), and the training preci
 (``set_training_precision``: OptimWrapper, AmpOptimWrapper on CUDA, AutocastOptimWrapper for bf16 on
 CPUs). Our inference cases are prepared as the tools prepare them (:func:`backbones.inference.prepare_inference`:
 on CPUs RoIAlign on all cores; ``--channels-last`` the convolutions in NHWC, ``--compile`` the backbone
-``torch.compile``\ d, compiled in the warm-up runs, which ``--warmup`` must cover). The training step takes
+through ``torch.compile``, compiled in the warm-up runs, which ``--warmup`` must cover). The training step takes
 ``--channels-last`` for the backbone only. The peers run in fp32, NCHW and with mmcv's own kernels, as their
 own tools run them.
 
