@@ -31,8 +31,8 @@ from timm.layers import trunc_normal_
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
-from .checkpoint import FCMAE_DECODER_PREFIXES, StateDict, convert_state_dict, load_exactly, read_checkpoint
-from .checkpoint_io import CheckpointError
+from .checkpoints.errors import CheckpointError
+from .checkpoints.formats import FCMAE_DECODER_PREFIXES, StateDict, convert_state_dict, load_exactly, read_checkpoint
 from .convnext import MASK_STRIDE, ConvNeXt, upsample_mask
 
 PATCH_SIZE = MASK_STRIDE

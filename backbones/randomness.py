@@ -17,6 +17,10 @@ of the checkpoint on, so its loss curve departs from the uninterrupted run's.
   the next epoch (epoch-based loops), or after mmengine's iteration-based loop has replayed the
   dataloader up to the checkpoint's iteration.
 
+What a checkpoint holds is checked before it is used (:func:`parse_random_state`): every generator's
+state must have its exact types, sizes and positions in range (numpy would read past its key with a
+position out of range), or resuming stops with one line.
+
 A checkpoint without the entry (another tool's, or a multi-process run's) resumes as mmengine does,
 with a warning. So does augmentation in persistent dataloader workers of an epoch-based loop: their
 generators run on across epochs inside the worker processes, out of the checkpoint's reach (the
@@ -36,7 +40,10 @@ from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 
+from .checkpoints.errors import CheckpointError
+
 RandomState = dict[str, Any]
+MT_WORDS = 624  # the state of a Mersenne Twister (python's random and numpy's MT19937)
 
 
 def get_random_state() -> RandomState:
@@ -64,6 +71,52 @@ def set_random_state(state: RandomState) -> None:
     torch.set_rng_state(state['torch'].cpu())
     if state['cuda'] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([cuda_state.cpu() for cuda_state in state['cuda']])
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value < high
+
+
+def parse_random_state(stored: Any) -> RandomState | None:
+    """The random state a checkpoint stored (:meth:`RandomStateHook.before_save_checkpoint`), checked; None
+    when it stored none.
+
+    Raises:
+        CheckpointError: A state of other types, sizes or positions than :func:`get_random_state` makes.
+    """
+    if stored is None:
+        return None
+    problem = None
+    state = stored[0] if isinstance(stored, list) and len(stored) == 1 and isinstance(stored[0], dict) else None
+    if state is None or set(state) != {'python', 'numpy', 'torch', 'cuda'}:
+        problem = 'it is not one state of python, numpy, torch and CUDA generators'
+    else:
+        python, numpy_state, torch_state, cuda = state['python'], state['numpy'], state['torch'], state['cuda']
+        if not (isinstance(python, (tuple, list)) and len(python) == 3 and python[0] == 3
+                and isinstance(python[1], (tuple, list)) and len(python[1]) == MT_WORDS + 1
+                and all(_is_int(word, 0, 2**32) for word in python[1][:-1]) and _is_int(python[1][-1], 0, MT_WORDS + 1)
+                and (python[2] is None or type(python[2]) is float)):
+            problem = "python's state is not a Mersenne Twister's"
+        elif not (isinstance(numpy_state, dict) and set(numpy_state) == {'key', 'pos', 'has_gauss', 'gauss'}
+                  and isinstance(numpy_state['key'], torch.Tensor) and numpy_state['key'].dtype == torch.int64
+                  and tuple(numpy_state['key'].shape) == (MT_WORDS,)
+                  and bool(((numpy_state['key'] >= 0) & (numpy_state['key'] < 2**32)).all())
+                  and _is_int(numpy_state['pos'], 0, MT_WORDS + 1) and numpy_state['has_gauss'] in (0, 1)
+                  and type(numpy_state['gauss']) is float):
+            problem = "numpy's state is not an MT19937 key of 624 words and a position in [0, 624]"
+        elif not (isinstance(torch_state, torch.Tensor) and torch_state.dtype == torch.uint8
+                  and torch_state.shape == torch.get_rng_state().shape):
+            problem = "torch's state is not a generator state of its size"
+        elif not (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.ndim == 1
+                                                 for t in cuda)):
+            problem = 'the CUDA states are not generator states'
+        elif cuda and torch.cuda.is_available() and (len(cuda) != torch.cuda.device_count() or any(
+                t.shape != current.shape for t, current in zip(cuda, torch.cuda.get_rng_state_all()))):
+            problem = 'the CUDA states are not those of this machine\'s devices'
+    if problem:
+        raise CheckpointError(f'Cannot resume: the checkpoint\'s random_state is broken ({problem}). Resume from '
+                              'another checkpoint.')
+    return state
 
 
 class _RestoreBeforeBatch:
@@ -99,8 +152,9 @@ class RandomStateHook(Hook):
             checkpoint['random_state'] = [self._state_before_val or get_random_state()]
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Keep the stored states; :meth:`before_train` decides whether this run resumes."""
-        self._stored_states = checkpoint.get('random_state')
+        """Keep the stored states, checked; :meth:`before_train` decides whether this run resumes."""
+        state = parse_random_state(checkpoint.get('random_state'))
+        self._stored_states = [state] if state else None
 
     def before_train(self, runner) -> None:
         """On resume, pick this process's stored state (a run that only loaded weights starts anew)."""

@@ -3,7 +3,6 @@
 * :func:`load_config`: read a config, apply ``--cfg-options`` and set the launcher and work dir.
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the README section.
-* :func:`find_resume_checkpoint`: what ``--resume`` continues from, also after a crash.
 * :func:`enable_tta`: ``--tta``, the config's test-time augmentation model and pipeline;
   :func:`unwrap_model`: the model inside it and inside DDP.
 * :func:`resolve_precision`, :func:`autocast`, :func:`set_training_precision` and
@@ -15,10 +14,8 @@
 """
 import contextlib
 import functools
-import glob
 import os
 import os.path as osp
-import re
 from typing import Any
 
 import torch
@@ -30,7 +27,7 @@ from mmengine.structures import BaseDataElement
 from torch import nn
 
 __all__ = ['DictAction', 'DatasetNotFoundError', 'PRECISIONS', 'adapt_to_cpu', 'autocast', 'autocast_test_step',
-           'check_datasets', 'cpu_supports_bf16', 'default_device', 'enable_tta', 'find_resume_checkpoint',
+           'check_datasets', 'cpu_supports_bf16', 'default_device', 'enable_tta',
            'load_config', 'resolve_precision', 'set_data_root', 'set_training_precision', 'unwrap_model']
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -120,24 +117,6 @@ def check_datasets(cfg: Config, splits: list[str]) -> None:
             raise DatasetNotFoundError(f"Annotation file of the {evaluator.type} evaluator not found: "
                                        f"{evaluator.ann_file}. Prepare the data as the README describes, or point "
                                        '--data-root at it.')
-
-
-def find_resume_checkpoint(work_dir: str) -> str | None:
-    """The checkpoint ``--resume`` continues from: the one ``work_dir/last_checkpoint`` names, else the
-    newest ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir``; None when there is none.
-
-    mmengine writes ``last_checkpoint`` in place (open, truncate, write), so a crash can leave it empty
-    while the checkpoints themselves, written atomically, are intact.
-    """
-    record = osp.join(work_dir, 'last_checkpoint')
-    if osp.isfile(record):
-        with open(record) as file:
-            named = file.read().strip()
-        if named and osp.isfile(named):
-            return named
-    numbered = [(int(match[2]), path) for path in glob.glob(osp.join(work_dir, '*.pth'))
-                if (match := re.fullmatch(r'(epoch|iter)_(\d+)\.pth', osp.basename(path)))]
-    return max(numbered)[1] if numbered else None
 
 
 def cpu_supports_bf16() -> bool:

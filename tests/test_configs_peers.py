@@ -20,7 +20,7 @@ from mmengine.utils import get_installed_path
 
 import backbones  # noqa: F401  registers ConvNeXt
 import mmpretrain.models  # noqa: F401  registers mmpretrain.ConvNeXt, the peers' backbone
-from backbones.checkpoint import load_model_weights
+from backbones.checkpoints.formats import load_model_weights
 
 DETECTION_PEERS = {
     'mask_rcnn': ('configs/det/mask_rcnn_convnext_t.py', 'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'),

@@ -15,7 +15,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import backbones  # noqa: F401  (installs the checkpoint loading policy)
-from backbones.checkpoint_io import CheckpointError
+from backbones.checkpoints import CheckpointError
 
 
 def random_boxes(n: int, size: float, generator: torch.Generator) -> torch.Tensor:

@@ -1,14 +1,13 @@
 """Convert a ConvNeXt checkpoint of any released format to this project's layout, offline.
 
-    python tools/convert_checkpoint.py IN.pth OUT.pth|OUT.safetensors [--backbone-only] [--trust-pickle]
+    python tools/convert_checkpoint.py IN.pth OUT.pth|OUT.safetensors [--backbone-only]
 
 A backbone-only checkpoint (official V1/V2 classification, V2 FCMAE, timm, mmpretrain) becomes a
 backbone state dict for ``init_cfg=dict(type='Pretrained', checkpoint=OUT.pth)``. A whole
 detector/segmentor checkpoint (e.g. the official ConvNeXt COCO/ADE20K release) becomes a model state
 dict for our configs: ``python tools/test.py CONFIG OUT.pth``; with ``--backbone-only`` only its
-backbone is kept, to initialise another model from it. The input is read with
-``weights_only=True``; ``--trust-pickle`` reads a file you trust that pickles other objects. An
-output name ending in ``.safetensors`` writes safetensors (tensors and string metadata only, safe to
+backbone is kept, to initialise another model from it. The input is read as data only
+(``backbones.checkpoints.reader``): objects it pickles besides tensors are left out. An output name ending in ``.safetensors`` writes safetensors (tensors and string metadata only, safe to
 load anywhere); any other name a PyTorch checkpoint.
 """
 import argparse
@@ -17,8 +16,9 @@ import io
 import safetensors.torch
 import torch
 
-from backbones.checkpoint import convert_state_dict, read_checkpoint, unwrap_state_dict
-from backbones.checkpoint_io import CheckpointError, load_local_checkpoint, write_atomic
+from backbones.checkpoints import CheckpointError
+from backbones.checkpoints.formats import convert_state_dict, read_checkpoint
+from backbones.checkpoints.writing import write_atomic
 
 
 def parse_args() -> argparse.Namespace:
@@ -26,19 +26,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('input', help='checkpoint to convert (path or URL)')
     parser.add_argument('output', help='where to write the converted checkpoint')
     parser.add_argument('--backbone-only', action='store_true', help='keep only the backbone of a whole model')
-    parser.add_argument('--trust-pickle', action='store_true',
-                        help='unpickle the input without the weights-only restriction (only for files you trust)')
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     try:
-        if args.trust_pickle:
-            state_dict = unwrap_state_dict(load_local_checkpoint(args.input, 'cpu', trust_pickle=True))
-        else:
-            state_dict = read_checkpoint(args.input)
-        weights = convert_state_dict(state_dict)
+        weights = convert_state_dict(read_checkpoint(args.input))
     except (CheckpointError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
 

@@ -55,8 +55,8 @@ from mmengine.structures import BaseDataElement  # noqa: E402
 from mmengine.utils import ProgressBar  # noqa: E402
 from mmseg.apis import MMSegInferencer  # noqa: E402
 
-from backbones.checkpoint import load_model_weights  # noqa: E402
-from backbones.checkpoint_io import CheckpointError  # noqa: E402
+from backbones.checkpoints.formats import load_model_weights  # noqa: E402
+from backbones.checkpoints import CheckpointError  # noqa: E402
 from backbones.inference import prepare_inference  # noqa: E402
 from backbones.runtime import PRECISIONS, DictAction, enable_tta, load_config  # noqa: E402
 from backbones.runtime import default_device, resolve_precision, unwrap_model  # noqa: E402

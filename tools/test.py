@@ -25,8 +25,8 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from backbones.checkpoint import load_model_weights  # noqa: E402
-from backbones.checkpoint_io import CheckpointError  # noqa: E402
+from backbones.checkpoints.formats import load_model_weights  # noqa: E402
+from backbones.checkpoints import CheckpointError  # noqa: E402
 from backbones.inference import prepare_inference  # noqa: E402
 from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
 from backbones.runtime import PRECISIONS, default_device, enable_tta, resolve_precision, set_data_root  # noqa: E402

@@ -4,7 +4,7 @@
                           [--data-root DIR] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
 Checkpoints and logs go to --work-dir (default work_dirs/<config name>). --resume alone continues from
-the latest checkpoint there; --resume CKPT from that file. --precision: by default the config's (the
+the latest checkpoint there (and stops with an error when there is none); --resume CKPT from that file. --precision: by default the config's (the
 papers' AMP recipes: auto); auto is fp16 on CUDA, bf16 on a CPU that computes it natively (AVX512-BF16
 or AMX), fp32 on other CPUs; --amp is --precision auto. Multi-GPU and multi-node: tools/dist_train.sh, tools/slurm_train.sh.
 """
@@ -16,9 +16,9 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from backbones.checkpoint_io import CheckpointError  # noqa: E402
+from backbones.checkpoints import CheckpointError  # noqa: E402
 from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
-from backbones.runtime import PRECISIONS, default_device, find_resume_checkpoint, resolve_precision  # noqa: E402
+from backbones.runtime import PRECISIONS, default_device, resolve_precision  # noqa: E402
 from backbones.runtime import set_data_root, set_training_precision  # noqa: E402
 
 
@@ -45,10 +45,8 @@ def main() -> None:
         set_training_precision(cfg, resolve_precision(precision, default_device()))
     except ValueError as error:
         raise SystemExit(f'error: {error}') from None
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, find_resume_checkpoint(cfg.work_dir)
-    elif args.resume:
-        cfg.resume, cfg.load_from = True, args.resume
+    if args.resume:  # the runner finds what to resume from in the work dir (ConvNeXtDenseRunner)
+        cfg.resume, cfg.load_from = True, None if args.resume == 'auto' else args.resume
     if args.data_root:
         set_data_root(cfg, args.data_root)
     try:

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from backbones.runtime import autocast, cpu_supports_bf16, find_resume_checkpoint, resolve_precision
+from backbones.checkpoints.training import find_resume_checkpoint
+from backbones.runtime import autocast, cpu_supports_bf16, resolve_precision
 
 
 def test_resume_finds_the_latest_checkpoint_also_after_a_crash(tmp_path) -> None:

@@ -80,8 +80,8 @@ from mmengine.utils import ProgressBar, get_installed_path  # noqa: E402
 from torch import nn  # noqa: E402
 
 from backbones import ConvNeXt  # noqa: E402
-from backbones.checkpoint import load_exactly, load_model_weights  # noqa: E402
-from backbones.checkpoint_io import CheckpointError  # noqa: E402
+from backbones.checkpoints.formats import load_exactly, load_model_weights  # noqa: E402
+from backbones.checkpoints import CheckpointError  # noqa: E402
 from backbones.convnext import V1_ARCHS  # noqa: E402
 from backbones.inference import feed_channels_last, prepare_inference  # noqa: E402
 from backbones.runtime import DictAction, autocast, default_device, load_config  # noqa: E402

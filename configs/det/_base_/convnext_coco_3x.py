@@ -8,6 +8,9 @@ _base_ = [
 ]
 custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
 custom_hooks = [dict(type='RandomStateHook')]  # --resume continues the random numbers of the run
+# Checkpoints of plain data, written atomically, and a --resume that reads them through a schema.
+runner_type = 'ConvNeXtDenseRunner'
+default_hooks = dict(checkpoint=dict(type='ConvNeXtDenseCheckpointHook'))
 
 # Flip, then either multi-scale resize (short side 480..800) or resize + crop + multi-scale resize.
 multi_scales = [(short, 1333) for short in range(480, 801, 32)]

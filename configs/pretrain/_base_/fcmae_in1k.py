@@ -45,7 +45,9 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_last=True))
+    # Checkpoints of plain data, written atomically, and a --resume that reads them through a schema.
+    checkpoint=dict(type='ConvNeXtDenseCheckpointHook', interval=1, max_keep_ckpts=2, save_last=True))
+runner_type = 'ConvNeXtDenseRunner'
 custom_hooks = [
     dict(type='RandomStateHook'),  # --resume continues the masks; the crops too without persistent workers
     dict(type='FCMAEReconstructionHook', interval=5000, num_images=4),  # WORK_DIR/reconstructions/*.png

@@ -7,6 +7,9 @@ _base_ = [
 ]
 custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
 custom_hooks = [dict(type='RandomStateHook')]  # --resume continues the random numbers of the run
+# Checkpoints of plain data, written atomically, and a --resume that reads them through a schema.
+runner_type = 'ConvNeXtDenseRunner'
+default_hooks = dict(checkpoint=dict(type='ConvNeXtDenseCheckpointHook'))
 
 # 2 images per GPU x 8 GPUs = 16 per iteration.
 train_dataloader = dict(batch_size=2)

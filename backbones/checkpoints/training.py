@@ -1,0 +1,403 @@
+"""Training's checkpoints: written as plain data, and read back on ``--resume`` through a schema.
+
+mmengine's Runner pickles its message hub as ``HistoryBuffer`` objects, and its ``resume`` uses what
+the file holds as it is: ``Config.fromstring(meta['config'])`` executes Python from the file, the
+message hub's ``best_ckpt`` and ``keep_ckpt_ids`` tell ``CheckpointHook`` which paths to delete, and
+with nothing to resume it falls back to whatever ``work_dir/last_checkpoint`` names (a URL, a FIFO, a
+link to ``/dev/zero``). The two classes here, named in every config of the project, replace that:
+
+* :class:`ConvNeXtDenseCheckpointHook` (``default_hooks.checkpoint.type``): mmengine's
+  ``CheckpointHook`` whose checkpoints hold data only (the message hub's buffers as tensors and ints;
+  numpy values as tensors and numbers), so that ``torch.load(weights_only=True)`` reads them with no
+  allow-list at all, written atomically (:mod:`.writing`).
+* :class:`ConvNeXtDenseRunner` (``runner_type``): mmengine's ``Runner`` whose ``--resume`` reads the
+  file with :func:`~backbones.checkpoints.reader.read_checkpoint_file` and takes from it only what a
+  schema allows (:func:`parse_resume_state`): ``meta.epoch``/``iter`` as non-negative ints, the seed,
+  the weights, optimizer and scheduler states as plain data and tensors, and the message hub's
+  numbers. Paths are never taken from the file: ``last_ckpt``, ``best_ckpt*`` and ``keep_ckpt_ids``
+  come from the work dir's own files; config text is never executed; without ``--resume CKPT`` the
+  checkpoint is the one :func:`find_resume_checkpoint` finds in the work dir, and with none there the
+  run stops with one line instead of training from scratch. The random state is validated by its
+  owner, :class:`backbones.randomness.RandomStateHook`.
+"""
+import glob
+import os
+import os.path as osp
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.hooks import CheckpointHook
+from mmengine.logging import HistoryBuffer, print_log
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS, RUNNERS
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+from .errors import CheckpointError
+from .pickle_data import Record
+from .reader import read_checkpoint_file
+from .writing import ATOMIC_BACKEND
+
+HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
+MAX_HISTORY = 100_000_000
+NUMBERED_CHECKPOINT = re.compile(r'(epoch|iter)_(\d+)\.pth')
+
+
+def plain_data(value: Any, where: str = 'checkpoint') -> Any:
+    """``value`` with what a checkpoint of ours may not hold made plain: numpy arrays become tensors, numpy
+    scalars numbers, ordered dicts dicts, ``HistoryBuffer`` objects ``{'log_history', 'count_history',
+    'max_length'}``.
+
+    Raises:
+        TypeError: An object of another type, naming where it is.
+    """
+    if value is None or isinstance(value, (bool, int, float, str, bytes, torch.Tensor)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in 'biufc':
+        return torch.from_numpy(value.copy())
+    if isinstance(value, HistoryBuffer):
+        logs, counts = value.data
+        return {'log_history': torch.from_numpy(np.asarray(logs, np.float64).copy()),
+                'count_history': torch.from_numpy(np.asarray(counts, np.int64).copy()), 'max_length': value.max_length}
+    if isinstance(value, dict):
+        return {key: plain_data(item, f'{where}[{key!r}]') for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_data(item, f'{where}[{index}]') for index, item in enumerate(value))
+    raise TypeError(f'{where} is a {type(value).__name__}, which a checkpoint of plain data cannot hold')
+
+
+@HOOKS.register_module()
+class ConvNeXtDenseCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` with checkpoints of plain data, written atomically (see the module doc).
+
+    Args:
+        **kwargs: As for ``CheckpointHook``. Without ``backend_args`` (or ``file_client_args``), checkpoints
+            go through the ``convnext_dense_atomic`` backend.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get('backend_args') is None and kwargs.get('file_client_args') is None:
+            kwargs['backend_args'] = {'backend': ATOMIC_BACKEND}
+        super().__init__(**kwargs)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Make the meta and message hub plain data (the rest is tensors and plain data already)."""
+        for key in ('meta', 'message_hub', 'optimizer', 'param_schedulers'):
+            if key in checkpoint:
+                checkpoint[key] = plain_data(checkpoint[key], key)
+
+
+def _fail(path: str, problem: str) -> CheckpointError:
+    return CheckpointError(f'Cannot resume from {path}: {problem}. Resume from another checkpoint, or train '
+                           'without --resume.')
+
+
+def check_plain(value: Any, where: str, path: str) -> None:
+    """Refuse ``value`` unless it is plain data and tensors (no record of an object, no numpy array).
+
+    Raises:
+        CheckpointError: Naming the first place that holds something else.
+    """
+    pending = [(value, where)]
+    while pending:
+        item, place = pending.pop()
+        if isinstance(item, dict):
+            pending.extend((child, f'{place}[{key!r}]') for key, child in item.items())
+        elif isinstance(item, (list, tuple)):
+            pending.extend((child, f'{place}[{index}]') for index, child in enumerate(item))
+        elif not (item is None or isinstance(item, (bool, int, float, str, bytes, torch.Tensor))):
+            raise _fail(path, f'{place} is a {item.name if isinstance(item, Record) else type(item).__name__}, '
+                              'not plain data')
+
+
+def _field(container: Any, key: str, kind: type | tuple[type, ...], path: str, where: str) -> Any:
+    value = container.get(key) if isinstance(container, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _fail(path, f"{where}['{key}'] is missing or not a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _numbers(value: Any, kind: Callable, path: str, where: str) -> list:
+    """A 1-D sequence of numbers (a tensor, a numpy array or a list) as a list of ``kind``."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 1 and len(value) <= MAX_HISTORY:
+        return [kind(item) for item in value.tolist()]
+    if isinstance(value, list) and len(value) <= MAX_HISTORY and all(
+            isinstance(item, (int, float)) and not isinstance(item, bool) for item in value):
+        return [kind(item) for item in value]
+    raise _fail(path, f'{where} is not a list of numbers')
+
+
+def history_buffer(value: Any, path: str, where: str) -> HistoryBuffer:
+    """A ``HistoryBuffer`` of the numbers stored for one logged scalar: ours (plain data) or mmengine's
+    (a record of its attributes)."""
+    if isinstance(value, Record) and value.name == HISTORY_BUFFER and isinstance(value.get_state(), dict):
+        state = value.get_state()
+        fields = {'log_history': state.get('_log_history'), 'count_history': state.get('_count_history'),
+                  'max_length': state.get('max_length')}
+    elif isinstance(value, dict):
+        fields = value
+    else:
+        raise _fail(path, f'{where} is not a logged history')
+    max_length = _field(fields, 'max_length', int, path, where)
+    logs = _numbers(fields.get('log_history'), float, path, f'{where} log history')
+    counts = _numbers(fields.get('count_history'), int, path, f'{where} count history')
+    if not 0 < max_length <= MAX_HISTORY or len(logs) != len(counts) or len(logs) > max_length:
+        raise _fail(path, f'{where} has {len(logs)} values, {len(counts)} counts and max_length {max_length}')
+    return HistoryBuffer(logs, counts, max_length)
+
+
+def _work_dir_file(work_dir: str, name: str) -> str | None:
+    """``work_dir/name`` if that is a regular file whose real path is inside ``work_dir``."""
+    path = osp.join(work_dir, name)
+    real_dir = osp.realpath(work_dir)
+    if osp.isfile(path) and not osp.islink(path) and osp.dirname(osp.realpath(path)) == real_dir:
+        return path
+    return None
+
+
+def numbered_checkpoints(work_dir: str) -> list[tuple[int, str]]:
+    """The ``epoch_N.pth`` / ``iter_N.pth`` regular files in ``work_dir``, by N."""
+    found = []
+    for path in glob.glob(osp.join(glob.escape(work_dir), '*.pth')):
+        match = NUMBERED_CHECKPOINT.fullmatch(osp.basename(path))
+        if match and _work_dir_file(work_dir, osp.basename(path)):
+            found.append((int(match[2]), path))
+    return sorted(found)
+
+
+def find_resume_checkpoint(work_dir: str) -> str | None:
+    """The checkpoint ``--resume`` continues from: the file ``work_dir/last_checkpoint`` names, if that is a
+    regular file in ``work_dir`` itself, else the newest ``epoch_N.pth`` / ``iter_N.pth`` there; None when
+    there is none. A URL, a link, a device or a path outside the work dir in the record is never used.
+    """
+    record = _work_dir_file(work_dir, 'last_checkpoint')
+    if record and os.path.getsize(record) < 4096:
+        with open(record, encoding='utf-8', errors='replace') as file:
+            named = osp.basename(file.read().strip())
+        if named and (path := _work_dir_file(work_dir, named)):
+            return path
+    numbered = numbered_checkpoints(work_dir)
+    return numbered[-1][1] if numbered else None
+
+
+def _best_checkpoint(work_dir: str, key: str) -> str | None:
+    """The work dir's one ``best_*.pth`` file for runtime-info ``key`` (``best_ckpt`` or ``best_ckpt_<metric>``)."""
+    metric = key.removeprefix('best_ckpt').removeprefix('_').replace('/', '_')
+    pattern = re.compile(rf'best_{re.escape(metric) + "_" if metric else ""}.*(epoch|iter)_\d+\.pth')
+    found = [path for path in glob.glob(osp.join(glob.escape(work_dir), 'best_*.pth'))
+             if pattern.fullmatch(osp.basename(path)) and _work_dir_file(work_dir, osp.basename(path))]
+    return found[0] if len(found) == 1 else None
+
+
+def parse_resume_state(checkpoint: Any, path: str, work_dir: str) -> dict:
+    """What resuming takes from ``checkpoint`` (read from ``path``), checked.
+
+    Returns:
+        ``epoch``, ``iter``, ``seed`` (int or None), ``dataset_meta``, ``state_dict``, ``optimizer`` and
+        ``param_schedulers`` (None when absent), and ``message_hub``: ``log_scalars`` (HistoryBuffers),
+        ``runtime_info`` (the stored numbers, and paths found in ``work_dir``) and ``resumed_keys``.
+
+    Raises:
+        CheckpointError: The first entry that does not fit the schema, in one line.
+    """
+    if not isinstance(checkpoint, dict):
+        raise _fail(path, f'it holds a {type(checkpoint).__name__}, not a training checkpoint')
+    meta = checkpoint.get('meta')
+    if not isinstance(meta, dict):
+        raise _fail(path, 'it has no meta record: it is a weights file, not a training checkpoint (use it as '
+                          'load_from or init_cfg instead)')
+    state = {key: _field(meta, key, int, path, 'meta') for key in ('epoch', 'iter')}
+    if state['epoch'] < 0 or state['iter'] < 0:
+        raise _fail(path, f"meta epoch {state['epoch']} and iter {state['iter']} are not both non-negative")
+    seed = meta.get('seed')
+    if not (seed is None or (type(seed) is int and 0 <= seed < 2**32)):
+        raise _fail(path, "meta['seed'] is not an int in [0, 2**32)")
+    state['seed'] = seed
+    state['dataset_meta'] = meta.get('dataset_meta')
+    check_plain(state['dataset_meta'], "meta['dataset_meta']", path)
+    state_dict = _field(checkpoint, 'state_dict', dict, path, 'checkpoint')
+    if not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state_dict.items()):
+        raise _fail(path, 'its state_dict is not a dict of tensors')
+    state['state_dict'] = state_dict
+    for key in ('optimizer', 'param_schedulers'):
+        state[key] = checkpoint.get(key)
+        check_plain(state[key], key, path)
+    state['message_hub'] = _message_hub(checkpoint.get('message_hub'), path, work_dir, path)
+    return state
+
+
+def _message_hub(hub: Any, path: str, work_dir: str, resumed: str) -> dict:
+    if hub is None:
+        hub = {}
+    if not isinstance(hub, dict):
+        raise _fail(path, 'its message_hub is not a dict')
+    scalars = hub.get('log_scalars', {})
+    info = hub.get('runtime_info', {})
+    resumed_keys = hub.get('resumed_keys', {})
+    if not (isinstance(scalars, dict) and isinstance(info, dict) and isinstance(resumed_keys, dict)
+            and all(isinstance(k, str) and type(v) is bool for k, v in resumed_keys.items())):
+        raise _fail(path, 'its message_hub is not log scalars, runtime info and resumed keys')
+    log_scalars = {}
+    for key, value in scalars.items():
+        if not isinstance(key, str):
+            raise _fail(path, 'its message_hub has a log scalar without a name')
+        log_scalars[key] = history_buffer(value, path, f'log scalar {key!r}')
+    # Numbers (e.g. best_score) are kept; paths are found in the work dir; the rest the run's hooks set anew.
+    runtime_info = {key: float(value) if isinstance(value, (float, np.floating)) else value
+                    for key, value in info.items()
+                    if isinstance(key, str) and isinstance(value, (int, float, np.integer, np.floating))
+                    and not key.startswith('best_ckpt') and key != 'keep_ckpt_ids'}
+    runtime_info = {key: int(value) if isinstance(value, np.integer) else value for key, value in runtime_info.items()}
+    for key in [key for key in info if isinstance(key, str) and key.startswith('best_ckpt')]:
+        if best := _best_checkpoint(work_dir, key):
+            runtime_info[key] = best
+    if 'keep_ckpt_ids' in info:
+        runtime_info['keep_ckpt_ids'] = [step for step, _ in numbered_checkpoints(work_dir)]
+    runtime_info['last_ckpt'] = resumed
+    return {'log_scalars': log_scalars, 'runtime_info': runtime_info, 'resumed_keys': resumed_keys}
+
+
+@RUNNERS.register_module()
+class ConvNeXtDenseRunner(Runner):
+    """mmengine's ``Runner`` whose resume reads a schema, not an object (see the module docstring)."""
+
+    def load_or_resume(self) -> None:
+        """Resume (from ``load_from``, or what :func:`find_resume_checkpoint` finds), or load weights."""
+        if self._has_loaded:
+            return
+        if self._resume:
+            path = self._load_from or find_resume_checkpoint(self.work_dir)
+            if path is None:
+                raise CheckpointError(f'Nothing to resume in {self.work_dir}: it has no epoch_N.pth or iter_N.pth '
+                                      'checkpoint. Train without --resume, or pass --resume CKPT.')
+            self.logger.info(f'Resuming from {path}.')
+            self.resume(path)
+        elif self._load_from is not None:
+            self.load_checkpoint(self._load_from)
+        self._has_loaded = True
+
+    def resume(self, filename: str, resume_optimizer: bool = True, resume_param_scheduler: bool = True,
+               map_location: Any = 'default') -> None:
+        """Continue training from the local checkpoint ``filename``, as mmengine's ``resume`` does, from the
+        entries :func:`parse_resume_state` checked.
+
+        Args:
+            filename: A local checkpoint file.
+            resume_optimizer: Load the optimizer state.
+            resume_param_scheduler: Load the parameter schedulers' states.
+            map_location: Ignored: states are read onto the CPU and moved where the model and optimizer are.
+
+        Raises:
+            CheckpointError: A URL, an unreadable file, or one whose content does not fit the schema.
+        """
+        if '://' in filename:
+            raise CheckpointError(f'Cannot resume from {filename}: resume reads local files only; download it and '
+                                  'pass its path.')
+        checkpoint = read_checkpoint_file(filename, 'cpu')
+        state = parse_resume_state(checkpoint, filename, self.work_dir)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        _load_checkpoint_to_model(model, {'state_dict': state['state_dict']}, strict=False)
+
+        self.train_loop._epoch, self.train_loop._iter = state['epoch'], state['iter']
+        if state['seed'] is not None and state['seed'] != self._randomness_cfg.get('seed'):
+            if self._randomness_cfg.get('seed') is not None:
+                self.logger.warning(f"The random seed in the checkpoint ({state['seed']}) differs from the config's "
+                                    f"({self._randomness_cfg.get('seed')}); the checkpoint's is used.")
+            self._randomness_cfg.update(seed=state['seed'])
+            self.set_randomness(**self._randomness_cfg)
+        if not same_data(state['dataset_meta'], getattr(self.train_dataloader.dataset, 'metainfo', None)):
+            self.logger.warning('The dataset metainfo of the checkpoint differs from the training dataset\'s: check '
+                                'that the checkpoint belongs to this dataset.')
+        hub = state['message_hub']
+        self.message_hub._log_scalars.update(hub['log_scalars'])
+        for key, value in hub['runtime_info'].items():
+            self.message_hub.update_info(key, value)
+        self.message_hub._resumed_keys.update(hub['resumed_keys'])
+
+        if state['optimizer'] is not None and resume_optimizer:
+            self.optim_wrapper = self.build_optim_wrapper(self.optim_wrapper)
+            _check_optimizer_state(state['optimizer'], self.optim_wrapper, filename)
+            self.optim_wrapper.load_state_dict(state['optimizer'])
+        if resume_param_scheduler and state['param_schedulers'] is not None and self.param_schedulers is not None:
+            self.param_schedulers = self.build_param_scheduler(self.param_schedulers)
+            self._load_scheduler_states(state['param_schedulers'], filename)
+        self._has_loaded = True
+        self.logger.info(f'resumed epoch: {self.epoch}, iter: {self.iter}')
+
+    def _load_scheduler_states(self, stored: Any, path: str) -> None:
+        schedulers = self.param_schedulers
+        if isinstance(schedulers, dict):
+            if not (isinstance(stored, dict) and set(stored) == set(schedulers)):
+                raise _fail(path, 'its parameter schedulers are not those of the config')
+            pairs = [(scheduler, state) for name in schedulers for scheduler, state in
+                     zip(schedulers[name], stored[name] if isinstance(stored[name], list) else [])]
+            count = sum(len(group) for group in schedulers.values())
+        else:
+            pairs = list(zip(schedulers, stored if isinstance(stored, list) else []))
+            count = len(schedulers)
+        if len(pairs) != count:
+            raise _fail(path, 'its parameter schedulers are not those of the config')
+        for scheduler, state in pairs:
+            # A scheduler loads by updating its attributes: only its own, with values of their types.
+            own = scheduler.state_dict()
+            if not (isinstance(state, dict) and set(state) == set(own)
+                    and all(_kind(state[key]) == _kind(own[key]) for key in own)):
+                raise _fail(path, f'the state of its {type(scheduler).__name__} is not that of the config\'s')
+            scheduler.load_state_dict(state)
+
+
+def _kind(value: Any) -> str:
+    """The type of a scheduler attribute, ints and floats alike."""
+    return 'number' if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+
+
+def _check_optimizer_state(stored: Any, optim_wrapper: Any, path: str) -> None:
+    """Refuse optimizer states whose tensors do not have their parameters' shapes (or are not scalars)."""
+    wrappers = optim_wrapper.optim_wrappers if hasattr(optim_wrapper, 'optim_wrappers') else {'': optim_wrapper}
+    states = stored if hasattr(optim_wrapper, 'optim_wrappers') else {'': stored}
+    if not isinstance(states, dict) or set(states) != set(wrappers):
+        raise _fail(path, 'its optimizer state is not that of the config\'s optimizer')
+    for name, wrapper in wrappers.items():
+        state = states[name]
+        params = [param for group in wrapper.optimizer.param_groups for param in group['params']]
+        per_param = state.get('state') if isinstance(state, dict) else None
+        if not isinstance(per_param, dict) or not isinstance(state.get('param_groups'), list):
+            raise _fail(path, 'its optimizer state has no state and param_groups')
+        for index, entry in per_param.items():
+            if type(index) is not int or not 0 <= index < len(params) or not isinstance(entry, dict):
+                raise _fail(path, f'its optimizer state has an entry {index!r} for no parameter')
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != params[index].shape:
+                    raise _fail(path, f'its optimizer state {key!r} of parameter {index} has shape '
+                                      f'{tuple(value.shape)}, the parameter {tuple(params[index].shape)}')
+
+
+def same_data(stored: Any, current: Any) -> bool:
+    """Whether ``stored`` (plain data read from a checkpoint) equals ``current`` made plain."""
+    try:
+        current = plain_data(current)
+    except TypeError:
+        return False
+    pending = [(stored, current)]
+    while pending:
+        left, right = pending.pop()
+        if isinstance(left, torch.Tensor) or isinstance(right, torch.Tensor):
+            if not (isinstance(left, torch.Tensor) and isinstance(right, torch.Tensor) and torch.equal(left, right)):
+                return False
+        elif isinstance(left, dict) and isinstance(right, dict):
+            if set(left) != set(right):
+                return False
+            pending.extend((left[key], right[key]) for key in left)
+        elif isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)):
+            if len(left) != len(right):
+                return False
+            pending.extend(zip(left, right))
+        elif left != right:
+            return False
+    return True
