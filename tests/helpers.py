@@ -6,10 +6,13 @@ documented by the releases, so that loading can be checked without downloading w
 import os
 import re
 import signal
+from pathlib import Path
 
 import torch
+from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
+from mmengine.model import BaseModel
+from mmengine.registry import DATASETS, HOOKS, METRICS, MODELS
 
 # A custom ConvNeXt small enough for CPU training steps in tests.
 TINY_ARCH = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))
@@ -115,3 +118,69 @@ class KillAfterIterationHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if runner.iter + 1 == self.iterations:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+@MODELS.register_module()
+class ToyRegressor(BaseModel):
+    """A linear model of two inputs: what the training-checkpoint tests train in a second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 1)
+
+    def forward(self, inputs, targets=None, mode='tensor'):
+        out = self.linear(inputs)
+        if mode == 'loss':
+            return dict(loss=((out - targets)**2).mean())
+        if mode == 'predict':
+            return [dict(error=((o - t)**2).sum()) for o, t in zip(out, targets)]
+        return out
+
+
+@DATASETS.register_module()
+class ToyDataset(torch.utils.data.Dataset):
+    """Eight points on a line, with a dataset metainfo as mmdet's and mmseg's datasets have."""
+    metainfo = dict(classes=('a', 'b'), palette=[(1, 2, 3), (4, 5, 6)])
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> dict:
+        return dict(inputs=torch.full((2,), index / 8), targets=torch.full((1,), index / 4))
+
+
+@METRICS.register_module()
+class ToyError(BaseMetric):
+    """The mean squared error of :class:`ToyRegressor`, as ``toy/error``."""
+    default_prefix = 'toy'
+
+    def process(self, data_batch, data_samples) -> None:
+        self.results.extend(float(sample['error']) for sample in data_samples)
+
+    def compute_metrics(self, results: list) -> dict:
+        return dict(error=sum(results) / len(results))
+
+
+TOY_CONFIG = """
+custom_imports = dict(imports=['backbones', 'tests.helpers'], allow_failed_imports=False)
+runner_type = 'ConvNeXtDenseRunner'
+model = dict(type='ToyRegressor')
+loader = dict(dataset=dict(type='ToyDataset'), batch_size=2, collate_fn=dict(type='default_collate'))
+train_dataloader = dict(loader, sampler=dict(type='DefaultSampler', shuffle=True))
+val_dataloader = dict(loader, sampler=dict(type='DefaultSampler', shuffle=False))
+val_evaluator = dict(type='ToyError')
+val_cfg = dict()
+optim_wrapper = dict(optimizer=dict(type='AdamW', lr=0.01))
+param_scheduler = dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=3)
+train_cfg = dict(by_epoch=True, max_epochs={max_epochs}, val_interval=1)
+default_hooks = dict(checkpoint=dict(type='ConvNeXtDenseCheckpointHook', interval=1, save_best='toy/error',
+                                     rule='less'))
+custom_hooks = [dict(type='RandomStateHook')]
+randomness = dict(seed=0)
+"""
+
+
+def toy_config(path: Path, max_epochs: int) -> str:
+    """Write the config of a toy training of ``max_epochs`` epochs (for ``tools/train.py``) to ``path``."""
+    path.write_text(TOY_CONFIG.format(max_epochs=max_epochs))
+    return str(path)

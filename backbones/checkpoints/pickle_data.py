@@ -25,6 +25,7 @@ still uses. This interpreter executes the pickle opcodes itself and has no way t
 
 Malformed or refused input raises :class:`PickleDataError`, a ``ValueError`` with one line.
 """
+import _compat_pickle
 import codecs
 import math
 import re
@@ -282,6 +283,9 @@ class DataUnpickler:
         if not (isinstance(module, str) and isinstance(name, str) and len(module) + len(name) < 256
                 and NAME.fullmatch(module) and NAME.fullmatch(name)):
             raise PickleDataError(f'a global that is not a dotted name: {str(module)[:40]!r} {str(name)[:40]!r}')
+        # Protocols 0-2 write Python 2 names (__builtin__.getattr): use the Python 3 ones, as pickle does.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         return self._made(Global(f'{module}.{name}'))
 
     # ---- building ----
@@ -301,6 +305,8 @@ class DataUnpickler:
                 raise PickleDataError(f'a {target.name} record given its state twice (BUILD)')
             target.state = state
             return target
+        if isinstance(target, np.ndarray):
+            raise PickleDataError('a numpy array given its data twice (BUILD)')
         if type(target) is dict and (state is None or type(state) is dict):
             return target  # an OrderedDict's attribute dict (e.g. a state dict's _metadata): dropped
         raise PickleDataError(f'BUILD of a {type(target).__name__} with {type(state).__name__} state')
@@ -505,7 +511,8 @@ class DataUnpickler:
             elif opcode == INST:
                 module = self._line()
                 cls = self._name(module, self._line())
-                stack.append(self._record(cls, tuple(pop_mark())))
+                args = tuple(pop_mark())
+                stack.append(self._record(cls, args))
             elif opcode == BUILD:
                 state = self._element(pop())
                 stack.append(self._build(pop(), state))

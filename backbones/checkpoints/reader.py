@@ -207,9 +207,11 @@ class _TorchFile:
     def read_legacy(self) -> Any:
         data = self.file.read()
         magic, position = self._unpickle(data, persistent=False)
-        protocol, position = self._unpickle(data, position, persistent=False)
-        if magic != LEGACY_MAGIC or protocol != LEGACY_PROTOCOL:
+        if magic != LEGACY_MAGIC:
             raise CheckpointError(f'Cannot load {self.path}: it is a pickle, not a PyTorch checkpoint.')
+        protocol, position = self._unpickle(data, position, persistent=False)
+        if protocol != LEGACY_PROTOCOL:
+            raise PickleDataError(f'a legacy checkpoint of protocol {str(protocol)[:20]}, not {LEGACY_PROTOCOL}')
         sys_info, position = self._unpickle(data, position, persistent=False)
         if not isinstance(sys_info, dict) or sys_info.get('little_endian') is not True:
             raise PickleDataError('tensors saved in big-endian byte order, or without the system record')
@@ -309,12 +311,13 @@ def read_checkpoint_file(path: str, map_location: str | torch.device | None = No
                                       'weights and where to put them.') from None
     except OSError as error:
         raise CheckpointError(f'Cannot load {path}: {error.strerror}.') from None
-    with os.fdopen(fd, 'rb') as file:
-        status = os.fstat(fd)
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(status.st_mode):
             raise CheckpointError(f'Cannot load {path}: it is a directory, not a checkpoint file.')
-        if not stat.S_ISREG(status.st_mode):
-            raise CheckpointError(f'Cannot load {path}: it is not a regular file (a device, FIFO or socket).')
+        raise CheckpointError(f'Cannot load {path}: it is not a regular file (a device, FIFO or socket).')
+    with os.fdopen(fd, 'rb') as file:
         if status.st_size > limits.max_file_bytes:
             raise CheckpointError(f'Cannot load {path}: it has {status.st_size} bytes, more than the limit '
                                   f'max_file_bytes ({limits.max_file_bytes}).')

@@ -54,10 +54,10 @@ def plain_data(value: Any, where: str = 'checkpoint') -> Any:
     Raises:
         TypeError: An object of another type, naming where it is.
     """
+    if isinstance(value, np.generic):  # before float: numpy.float64 is a float
+        return value.item()
     if value is None or isinstance(value, (bool, int, float, str, bytes, torch.Tensor)):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray) and value.dtype.kind in 'biufc':
         return torch.from_numpy(value.copy())
     if isinstance(value, HistoryBuffer):
