@@ -7,9 +7,8 @@ import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
-from mmengine.runner import Runner
 
-from backbones import randomness
+from backbones import ConvNeXtDenseRunner, randomness
 from backbones.randomness import RandomStateHook, get_random_state, set_random_state
 
 
@@ -67,12 +66,12 @@ def _run(work_dir, by_epoch: bool, with_hook: bool = True, resume_from: str | No
                   **loader_options)
     schedule = dict(by_epoch=True, max_epochs=3, val_interval=1) if by_epoch else dict(
         by_epoch=False, max_iters=12, val_interval=4)
-    runner = Runner(
+    runner = ConvNeXtDenseRunner(
         model=_NoisyModel(), work_dir=str(work_dir), train_dataloader=loader, train_cfg=schedule,
         val_dataloader=dict(loader, sampler=dict(type='DefaultSampler', shuffle=False), num_workers=0,
                             persistent_workers=False), val_cfg=dict(),
         val_evaluator=dict(type=_MeanPrediction), optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1 if by_epoch else 4, by_epoch=by_epoch)),
+        default_hooks=dict(checkpoint=dict(type='ConvNeXtDenseCheckpointHook', interval=1 if by_epoch else 4, by_epoch=by_epoch)),
         custom_hooks=[recorder, RandomStateHook()] if with_hook else [recorder],
         randomness=dict(seed=3), resume=resume_from is not None, load_from=resume_from)
     runner.train()

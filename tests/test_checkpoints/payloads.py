@@ -78,15 +78,22 @@ def checkpoint(body: bytes) -> bytes:
     return PROTO2 + b'}(' + text('state_dict') + b'}' + text('meta') + body + b'u.'
 
 
+def archive(pickle: bytes, records: dict[str, bytes] | None = None, compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A torch zip archive holding ``pickle`` as its data.pkl and ``records`` under data/."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w', compression=compression) as file:
+        file.writestr('archive/data.pkl', pickle)
+        file.writestr('archive/byteorder', 'little')
+        for key, data in (records or {}).items():
+            file.writestr(f'archive/data/{key}', data)
+        file.writestr('archive/version', '3\n')
+    return buffer.getvalue()
+
+
 def write_archive(path: Path, pickle: bytes, records: dict[str, bytes] | None = None,
                   compression: int = zipfile.ZIP_STORED) -> Path:
-    """A torch zip archive holding ``pickle`` as its data.pkl and ``records`` under data/."""
-    with zipfile.ZipFile(path, 'w', compression=compression) as archive:
-        archive.writestr('archive/data.pkl', pickle)
-        archive.writestr('archive/byteorder', 'little')
-        for key, data in (records or {}).items():
-            archive.writestr(f'archive/data/{key}', data)
-        archive.writestr('archive/version', '3\n')
+    """:func:`archive` written to ``path``."""
+    path.write_bytes(archive(pickle, records, compression))
     return path
 
 

@@ -49,15 +49,14 @@ def test_official_detector_keeps_its_heads(tmp_path, monkeypatch) -> None:
         torch.testing.assert_close(state[key], value, msg=key)
 
 
-def test_untrusted_pickle_needs_explicit_trust(tmp_path, monkeypatch) -> None:
+def test_objects_beside_the_weights_are_left_out(tmp_path, monkeypatch) -> None:
+    """A checkpoint that pickles other objects (here argparse.Namespace) converts: they are inert records."""
     source = randomize(ConvNeXt(arch=TINY_ARCH))
     path = tmp_path / 'with_args.pth'
     torch.save({'model': to_official(source.state_dict()), 'args': argparse.Namespace(lr=1e-3)}, path)
-    with pytest.raises(SystemExit, match=r'error: Refusing to load .*argparse\.Namespace.*--trust-pickle'):
-        convert(monkeypatch, str(path), str(tmp_path / 'out.pth'))
-    assert not (tmp_path / 'out.pth').exists()
-    convert(monkeypatch, str(path), str(tmp_path / 'out.pth'), '--trust-pickle')
-    assert torch.load(tmp_path / 'out.pth', weights_only=True)['meta']['source_format'] == 'official'
+    convert(monkeypatch, str(path), str(tmp_path / 'out.pth'))
+    converted = torch.load(tmp_path / 'out.pth', weights_only=True)
+    assert converted['meta']['source_format'] == 'official' and set(converted) == {'state_dict', 'meta'}
 
 
 def test_safetensors_out_and_in(tmp_path, monkeypatch, capsys) -> None:
@@ -88,6 +87,5 @@ def test_broken_input_is_one_line(tmp_path, monkeypatch) -> None:
     assert not (tmp_path / 'out.pth').exists()
     torch.save({'state_dict': {'w': torch.ones(1000)}}, tmp_path / 'whole.pth')
     (tmp_path / 'cut.pth').write_bytes((tmp_path / 'whole.pth').read_bytes()[:1500])
-    for trust in ([], ['--trust-pickle']):  # trusting a file does not make a damaged one readable
-        with pytest.raises(SystemExit, match=r'^error: Cannot load .*cut\.pth: it is a truncated or damaged'):
-            convert(monkeypatch, str(tmp_path / 'cut.pth'), str(tmp_path / 'out.pth'), *trust)
+    with pytest.raises(SystemExit, match=r'^error: Cannot load .*cut\.pth: it is a truncated or damaged'):
+        convert(monkeypatch, str(tmp_path / 'cut.pth'), str(tmp_path / 'out.pth'))

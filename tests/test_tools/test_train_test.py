@@ -105,7 +105,7 @@ def test_kill_9_then_resume_continues_the_uninterrupted_loss_curve(tmp_path, dat
     assert load_local_checkpoint(str(work_dir / kept))['meta']['iter'] == 4
 
     result = run('tools/train.py', config, '--work-dir', str(work_dir), '--resume', *common)
-    assert f'Load checkpoint from {work_dir / kept}' in result.stdout
+    assert f'Resuming from {work_dir / kept}.' in result.stdout
     resumed = losses_by_iteration(work_dir)
     assert sorted(resumed) == list(range(5, 13))
     assert resumed == {step: uninterrupted[step] for step in resumed}  # the same numbers, not close ones

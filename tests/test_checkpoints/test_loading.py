@@ -1,0 +1,117 @@
+"""backbones/checkpoints/loading.py: URL checkpoints, against servers on 127.0.0.1 that misbehave."""
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from backbones.checkpoints import CheckpointError
+
+from . import payloads as p
+
+GOOD = p.torch_file({'state_dict': {'w': torch.ones(2)}})
+OTHER = p.torch_file({'state_dict': {'w': torch.zeros(3)}})
+EVIL = p.archive(p.checkpoint(p.call('os.system', p.text('touch executed'))))
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """``/a/<name>`` and ``/b/<name>``: two checkpoints of the same file name; ``/stream``: bytes without end;
+    ``/big``: a Content-Length over the cap; ``/short``: fewer bytes than it says; ``/evil``: a payload."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path.startswith(('/a/', '/b/', '/evil', '/short')):
+            body = {'/a': GOOD, '/b': OTHER, '/e': EVIL}.get(self.path[:2], GOOD)
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(body) + (100 if self.path.startswith('/short') else 0)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == '/big':
+            self.send_response(200)
+            self.send_header('Content-Length', str(10 << 30))
+            self.end_headers()
+        elif self.path == '/stream':
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(64):  # 64 MiB at most, then the server stops by itself
+                    self.wfile.write(b'\0' * (1 << 20))
+            except OSError:
+                pass
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{httpd.server_port}'
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    return tmp_path / 'hub' / 'checkpoints'
+
+
+def load(url: str) -> dict:
+    return CheckpointLoader.load_checkpoint(url, map_location='cpu')
+
+
+def test_the_cache_is_named_by_the_whole_url(server, hub) -> None:
+    """Class 9: http://a/x/NAME silently served a later http://b/y/NAME."""
+    assert torch.equal(load(f'{server}/a/convnext_tiny_1k_224.pth')['state_dict']['w'], torch.ones(2))
+    assert torch.equal(load(f'{server}/b/convnext_tiny_1k_224.pth')['state_dict']['w'], torch.zeros(3))
+    assert len(list(hub.glob('*-convnext_tiny_1k_224.pth'))) == 2
+    assert torch.equal(load(f'{server}/a/convnext_tiny_1k_224.pth')['state_dict']['w'], torch.ones(2))  # cached
+
+
+def test_a_url_file_is_read_as_data(server, hub, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load(f'{server}/evil.pth')['meta'].name == 'os.system'
+    assert not (tmp_path / 'executed').exists()
+
+
+@pytest.mark.parametrize('case, message', [
+    ('big', r'it has 10737418240 bytes, more than CONVNEXT_DENSE_DOWNLOAD_MAX_MB=1; raise it'),
+    ('stream', r'it sends more than CONVNEXT_DENSE_DOWNLOAD_MAX_MB=1 MB; raise it'),
+    ('short', r'the connection ended after \d+ of \d+ bytes'),
+    ('missing', r'[Nn]ot [Ff]ound\. Check the URL'),
+])
+def test_a_download_over_the_cap_or_broken_leaves_nothing(server, hub, monkeypatch, case: str, message: str) -> None:
+    monkeypatch.setenv('CONVNEXT_DENSE_DOWNLOAD_MAX_MB', '1')
+    monkeypatch.setenv('CONVNEXT_DENSE_DOWNLOAD_TIMEOUT', '5')
+    with pytest.raises(CheckpointError, match=f'^Cannot download {server}/{case}: {message}'):
+        load(f'{server}/{case}')
+    assert list(hub.iterdir()) == []  # no partial file left behind
+
+
+def test_a_silent_server_times_out(hub, monkeypatch) -> None:
+    """Class 9: a server that accepts and never answers hung the load forever."""
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(1)
+    monkeypatch.setenv('CONVNEXT_DENSE_DOWNLOAD_TIMEOUT', '1')
+    url = f'http://127.0.0.1:{listener.getsockname()[1]}/silent.pth'
+    started = time.perf_counter()
+    try:
+        with pytest.raises(CheckpointError, match=r'no answer within 1 s \(CONVNEXT_DENSE_DOWNLOAD_TIMEOUT\)'):
+            load(url)
+    finally:
+        listener.close()
+    assert time.perf_counter() - started < 10 and list(hub.iterdir()) == []
+
+
+def test_remote_storage_schemes_are_refused() -> None:
+    with pytest.raises(CheckpointError, match='s3://bucket/x.pth: checkpoints on this storage are not read here'):
+        load('s3://bucket/x.pth')
