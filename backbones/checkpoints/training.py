@@ -208,7 +208,7 @@ def parse_resume_state(checkpoint: Any, path: str, work_dir: str) -> dict:
     if not isinstance(checkpoint, dict):
         raise _fail(path, f'it holds a {type(checkpoint).__name__}, not a training checkpoint')
     meta = checkpoint.get('meta')
-    if not isinstance(meta, dict):
+    if not isinstance(meta, dict) or ('epoch' not in meta and 'iter' not in meta):
         raise _fail(path, 'it has no meta record: it is a weights file, not a training checkpoint (use it as '
                           'load_from or init_cfg instead)')
     state = {key: _field(meta, key, int, path, 'meta') for key in ('epoch', 'iter')}
@@ -349,12 +349,20 @@ class ConvNeXtDenseRunner(Runner):
             if not (isinstance(state, dict) and set(state) == set(own)
                     and all(_kind(state[key]) == _kind(own[key]) for key in own)):
                 raise _fail(path, f'the state of its {type(scheduler).__name__} is not that of the config\'s')
-            scheduler.load_state_dict(state)
+            # Stored as plain data; give each attribute the scheduler's own container type (a Counter of milestones).
+            scheduler.load_state_dict({key: type(own[key])(value) if isinstance(own[key], (dict, list, tuple))
+                                       and type(value) is not type(own[key]) else value for key, value in state.items()})
 
 
 def _kind(value: Any) -> str:
     """The type of a scheduler attribute, ints and floats alike."""
-    return 'number' if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return 'number'
+    if isinstance(value, dict):
+        return 'dict'  # a Counter or OrderedDict is stored as a plain dict
+    if isinstance(value, (list, tuple)):
+        return 'sequence'
+    return type(value).__name__
 
 
 def _check_optimizer_state(stored: Any, optim_wrapper: Any, path: str) -> None:
