@@ -37,7 +37,7 @@ from timm.models.convnext import ConvNeXt as TimmConvNeXt
 from timm.models.convnext import checkpoint_filter_fn
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 StateDict = dict[str, torch.Tensor]
 

@@ -33,7 +33,7 @@ from typing import Any
 import safetensors
 import torch
 
-from .errors import CheckpointError, CheckpointNotFoundError
+from ..errors import CheckpointError, CheckpointNotFoundError
 from .pickle_data import DataUnpickler, Global, PickleDataError, PickleLimits, numpy_calls, ordered_dict
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # what torch's legacy (non-zip) format starts with

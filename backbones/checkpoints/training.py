@@ -36,7 +36,7 @@ from mmengine.registry import HOOKS, RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .pickle_data import Record
 from .reader import read_checkpoint_file
 from .writing import ATOMIC_BACKEND

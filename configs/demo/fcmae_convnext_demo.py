@@ -6,9 +6,9 @@ _base_ = '../pretrain/fcmae_convnextv2_atto.py'
 
 model = dict(arch=dict(_delete_=True, depths=(2, 2, 4, 2), dims=(32, 64, 128, 256)), decoder_dim=128)
 train_pipeline = [
-    dict(type='RandomResizedCrop', size=128, scale=(0.2, 1.0), interpolation='bicubic'),
+    dict(type='convnext_dense.RandomResizedCrop', size=128, scale=(0.2, 1.0), interpolation='bicubic'),
     dict(type='mmcv.RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackImageInputs'),
+    dict(type='convnext_dense.PackImageInputs'),
 ]
 train_dataloader = dict(
     batch_size=16,

@@ -22,10 +22,13 @@ import torch._inductor.config as inductor_config
 import torchvision
 from mmcv.ops import RoIAlign
 from torch import nn
+
+from ..errors import UsageError
 from torch._inductor import cpp_builder
 from torch._inductor.exc import InvalidCxxCompiler
 
-from .runtime import autocast_test_step, unwrap_model
+from .device import unwrap_model
+from .precision import autocast_test_step
 
 __all__ = ['compile_backbone', 'feed_channels_last', 'prepare_inference', 'roi_align_on_all_cores', 'to_channels_last']
 
@@ -99,13 +102,13 @@ def compile_backbone(model: nn.Module) -> None:
     compiled for dynamic sizes. Pays on long evaluations only.
 
     Raises:
-        ValueError: On a CPU without a C++ compiler, which inductor needs to build its kernels.
+        UsageError: On a CPU without a C++ compiler, which inductor needs to build its kernels.
     """
     if next(model.backbone.parameters()).device.type == 'cpu':
         try:
             cpp_builder.get_cpp_compiler()
         except InvalidCxxCompiler:
-            raise ValueError('--compile on a CPU needs a C++ compiler (torch.compile builds its kernels with it): '
+            raise UsageError('--compile on a CPU needs a C++ compiler (torch.compile builds its kernels with it): '
                              'install g++ or set CXX, or leave out --compile.') from None
     inductor_config.freezing = True
     model.backbone.compile()
@@ -122,7 +125,7 @@ def prepare_inference(model: nn.Module, precision: str, channels_last: bool = Fa
         compile: :func:`compile_backbone`.
 
     Raises:
-        ValueError: ``compile`` on a CPU without a C++ compiler.
+        UsageError: ``compile`` on a CPU without a C++ compiler.
     """
     autocast_test_step(model, precision)
     roi_align_on_all_cores(model)

@@ -22,6 +22,8 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
+from ..errors import UsageError
+
 DECAY_TYPES = ('layer_wise', 'stage_wise')
 
 
@@ -40,7 +42,7 @@ class LRDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         paramwise_cfg: The keys above.
 
     Raises:
-        ValueError: A key is missing or has an invalid value.
+        UsageError: A key is missing or has an invalid value.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
@@ -48,20 +50,20 @@ class LRDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         cfg = self.paramwise_cfg
         for key in ('decay_rate', 'num_layers'):
             if key not in cfg:
-                raise ValueError(f"LRDecayOptimWrapperConstructor needs paramwise_cfg.{key}; e.g. paramwise_cfg="
+                raise UsageError(f"LRDecayOptimWrapperConstructor needs paramwise_cfg.{key}; e.g. paramwise_cfg="
                                  "dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6).")
         self.decay_rate = float(cfg['decay_rate'])
         self.decay_type = cfg.get('decay_type', 'layer_wise')
         self.num_layers = cfg['num_layers']
         if self.decay_type not in DECAY_TYPES:
-            raise ValueError(f'Unknown paramwise_cfg.decay_type {self.decay_type!r}: use one of {DECAY_TYPES}.')
+            raise UsageError(f'Unknown paramwise_cfg.decay_type {self.decay_type!r}: use one of {DECAY_TYPES}.')
         if not isinstance(self.num_layers, int) or self.num_layers < 4:
-            raise ValueError(f'paramwise_cfg.num_layers must be an int >= 4 (6 for depths 3-3-9-3, 12 for '
+            raise UsageError(f'paramwise_cfg.num_layers must be an int >= 4 (6 for depths 3-3-9-3, 12 for '
                              f'3-3-27-3), got {self.num_layers!r}.')
         if self.base_lr is None or self.base_wd is None:
-            raise ValueError('LR decay sets lr and weight decay per group: give optimizer.lr and optimizer.weight_decay.')
+            raise UsageError('LR decay sets lr and weight decay per group: give optimizer.lr and optimizer.weight_decay.')
         if not 0 < self.decay_rate <= 1:
-            raise ValueError(f'paramwise_cfg.decay_rate must be in (0, 1], got {self.decay_rate}.')
+            raise UsageError(f'paramwise_cfg.decay_rate must be in (0, 1], got {self.decay_rate}.')
 
     def add_params(self, params: list[dict], module: nn.Module, **kwargs) -> None:
         """Append one parameter group per (layer id, decay / no decay) to ``params``."""
@@ -69,7 +71,7 @@ class LRDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             module = module.module
         backbone = getattr(module, 'backbone', None)
         if not hasattr(backbone, 'get_layer_id'):
-            raise ValueError(f'LR decay needs a model with a .backbone that has get_layer_id() (e.g. '
+            raise UsageError(f'LR decay needs a model with a .backbone that has get_layer_id() (e.g. '
                              f'backbones.ConvNeXt); got {type(backbone).__name__}.')
         top_id = self.num_layers + 1
         groups: dict[str, dict] = {}

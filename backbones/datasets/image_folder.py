@@ -1,8 +1,9 @@
 """Unlabelled images for self-supervised pre-training: any folder tree of images, no annotations.
 
-Registered in mmengine's root registries: ``ImageFolderDataset`` (``DATASETS``), and the transforms of
-the FCMAE recipe ``RandomResizedCrop`` and ``PackImageInputs`` (``TRANSFORMS``; flipping is mmcv's
-``mmcv.RandomFlip``).
+Registered: ``ImageFolderDataset`` in mmengine's root ``DATASETS``, and the transforms of the FCMAE
+recipe under this project's scope, ``convnext_dense.RandomResizedCrop`` and
+``convnext_dense.PackImageInputs`` (their names are generic: in the root registry they would be the
+silent fallback of every scope); flipping is mmcv's ``mmcv.RandomFlip``.
 
 An image that cannot be decoded is skipped with one warning line naming it (once per file and
 process), and another image is drawn in its place: one damaged file in a large crawl should not end a
@@ -19,11 +20,13 @@ from mmcv.transforms import BaseTransform
 from mmengine.dataset import BaseDataset
 from mmengine.fileio import list_dir_or_file
 from mmengine.logging import print_log
-from mmengine.registry import DATASETS, TRANSFORMS
+from mmengine.registry import DATASETS, Registry
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from torchvision.transforms import InterpolationMode, v2
 
-from .runtime import DatasetNotFoundError
+from ..errors import DatasetNotFoundError
 
+TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='convnext_dense')
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 
 

@@ -40,7 +40,7 @@ from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 
-from .checkpoints.errors import CheckpointError
+from ..errors import CheckpointError
 
 RandomState = dict[str, Any]
 MT_WORDS = 624  # the state of a Mersenne Twister (python's random and numpy's MT19937)

@@ -1,4 +1,4 @@
-"""The errors of checkpoint reading and loading: one line each, naming the file and the fix.
+"""Every error the project raises for bad input: one line each, naming the file and the fix.
 
 This module imports nothing, so that any part of the project can raise or catch these errors without
 registering or changing anything.
@@ -11,3 +11,11 @@ class CheckpointError(RuntimeError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint path that does not exist."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset file or folder that a config needs does not exist, or holds no images."""
+
+
+class UsageError(ValueError):
+    """A command-line argument or config value that cannot be used, with what to use instead."""

@@ -25,7 +25,7 @@ from timm.layers import LayerNorm2d
 from timm.models.convnext import ConvNeXt as TimmConvNeXt
 from torch import nn
 
-from .checkpoints.formats import load_backbone_weights
+from ..checkpoints.formats import load_backbone_weights
 
 # depths and dims of the paper sizes; V2 blocks add GRN and drop LayerScale.
 V1_ARCHS: dict[str, dict[str, tuple[int, ...]]] = {
