@@ -1,5 +1,4 @@
 """Every config loads and builds; full-size configs match the papers' recipes, parameters and FLOPs."""
-import runpy
 from pathlib import Path
 
 import pytest
@@ -8,7 +7,7 @@ from mmengine.config import Config
 CONFIGS = sorted(str(p) for p in Path('configs').rglob('*.py') if '_base_' not in p.parts)
 PRETRAIN_CONFIGS = [path for path in CONFIGS if 'fcmae' in Path(path).name]  # FCMAE pre-training
 DENSE_CONFIGS = [path for path in CONFIGS if path not in PRETRAIN_CONFIGS]  # detectors and segmentors
-complexity = runpy.run_path('tools/analysis/get_flops.py')['complexity']
+from backbones.runtime.complexity import complexity
 
 # config: (drop path, lr, decay rate, decay type, num_layers, AMP, params M, FLOPs G) from the papers and
 # the official release; FLOPs at 1280x800 (detection), 2048x512 / 2560x640 (segmentation).
@@ -46,8 +45,8 @@ def test_every_config_is_listed() -> None:
 
 @pytest.mark.parametrize('path', DENSE_CONFIGS)
 def test_config_builds_with_consistent_channels(path: str) -> None:
-    from mmengine.registry import MODELS, init_default_scope
     import torch
+    from mmengine.registry import MODELS, init_default_scope
 
     cfg = Config.fromfile(path)
     assert cfg.custom_imports.imports == ['backbones']
@@ -66,10 +65,10 @@ def test_config_builds_with_consistent_channels(path: str) -> None:
 
 @pytest.mark.parametrize('path', PRETRAIN_CONFIGS)
 def test_pretraining_config_builds_the_papers_fcmae(path: str) -> None:
-    from mmengine.registry import MODELS
     import torch
+    from mmengine.registry import MODELS
 
-    from backbones.convnext import V2_ARCHS
+    from backbones.models.convnext import V2_ARCHS
 
     cfg = Config.fromfile(path)
     with torch.device('meta'):

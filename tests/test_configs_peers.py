@@ -10,6 +10,7 @@ shows up as a difference.
 import os.path as osp
 from pathlib import Path
 
+import mmpretrain.models  # noqa: F401  registers mmpretrain.ConvNeXt, the peers' backbone
 import pytest
 import torch
 from mmengine.config import Config
@@ -19,7 +20,6 @@ from mmengine.structures import InstanceData
 from mmengine.utils import get_installed_path
 
 import backbones  # noqa: F401  registers ConvNeXt
-import mmpretrain.models  # noqa: F401  registers mmpretrain.ConvNeXt, the peers' backbone
 from backbones.checkpoints.formats import load_model_weights
 
 DETECTION_PEERS = {

@@ -8,8 +8,14 @@
 * :mod:`.training`: what training writes (data only, atomically) and how ``--resume`` reads it back.
 """
 from ..errors import CheckpointError, CheckpointNotFoundError
-from .formats import ConvertedWeights, convert_state_dict, load_backbone_weights, load_exactly, load_model_weights
-from .formats import read_checkpoint
+from .formats import (
+           ConvertedWeights,
+           convert_state_dict,
+           load_backbone_weights,
+           load_exactly,
+           load_model_weights,
+           read_checkpoint,
+)
 from .loading import load_local_checkpoint
 from .reader import ReadLimits, read_checkpoint_file
 

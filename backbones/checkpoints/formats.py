@@ -41,7 +41,10 @@ from ..errors import CheckpointError
 
 StateDict = dict[str, torch.Tensor]
 
+# Reasons in ConvertedWeights.leftovers that callers test for.
 HEAD = 'classifier head and final norm'
+FCMAE_DECODER = 'FCMAE decoder'
+DENSE_PARTS = 'detector/segmentor parts (neck, heads)'
 FCMAE_DECODER_PREFIXES = ('decoder.', 'mask_token', 'proj.', 'pred.')
 MMPRETRAIN_RENAMES = (('.depthwise_conv.', '.dwconv.'), ('.pointwise_conv1.', '.pwconv1.'),
                       ('.pointwise_conv2.', '.pwconv2.'))
@@ -166,15 +169,15 @@ def convert_state_dict(state_dict: StateDict) -> ConvertedWeights:
         if all(k.startswith('head.') for k in other):  # an mmpretrain classifier, not a detector/segmentor
             classifier_head, other = list(other), {}
         elif all(k.startswith(FCMAE_DECODER_PREFIXES) for k in other):  # our FCMAE model (backbones.fcmae)
-            leftovers['FCMAE decoder'], other = list(other), {}
+            leftovers[FCMAE_DECODER], other = list(other), {}
     dense = bool(other)
     if dense:
-        leftovers['detector/segmentor parts (neck, heads)'] = list(other)
+        leftovers[DENSE_PARTS] = list(other)
 
     keys = list(state_dict)
     if any(k.startswith('encoder.') for k in keys):
         source_format = 'fcmae'
-        leftovers['FCMAE decoder'] = [k for k in keys if k.startswith(FCMAE_DECODER_PREFIXES)]
+        leftovers[FCMAE_DECODER] = [k for k in keys if k.startswith(FCMAE_DECODER_PREFIXES)]
         encoder = {k.removeprefix('encoder.'): v for k, v in state_dict.items() if k.startswith('encoder.')}
         backbone, head = _official_to_timm(_fcmae_to_official(encoder))
     elif any('.depthwise_conv.' in k for k in keys):
@@ -184,7 +187,7 @@ def convert_state_dict(state_dict: StateDict) -> ConvertedWeights:
         source_format = 'official'
         backbone, head = _official_to_timm(state_dict)
     elif any(k.startswith('stem.') for k in keys) and any(k.startswith('stages.') for k in keys):
-        source_format = 'fcmae-timm' if 'FCMAE decoder' in leftovers else 'timm'
+        source_format = 'fcmae-timm' if FCMAE_DECODER in leftovers else 'timm'
         head = [k for k in keys if k.startswith(('head.', 'norm_pre.'))]
         # timm builds V2 atto..nano with 1x1-conv MLPs; this backbone uses Linear layers.
         backbone = {k: v.flatten(1) if re.search(r'mlp\.fc\d\.weight$', k) and v.ndim == 4 else v

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from mmengine.hooks import CheckpointHook
-from mmengine.logging import HistoryBuffer, print_log
+from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS, RUNNERS
 from mmengine.runner import Runner

@@ -8,7 +8,7 @@ gradient checkpointing). This module adapts it to the OpenMMLab backbone contrac
 stage features of ``out_indices`` (strides 4, 8, 16, 32) as contiguous NCHW tensors, each through its
 own channels-first LayerNorm as the official detection/segmentation backbone does, supports ``frozen_stages`` and
 ``init_cfg=dict(type='Pretrained', ...)`` with any released checkpoint format
-(see :mod:`backbones.checkpoint`), and maps its parameter names to LR-decay layer ids.
+(see :mod:`backbones.checkpoints`), and maps its parameter names to LR-decay layer ids.
 
 FCMAE pre-training (V2 paper, section 3) runs this same backbone in masked mode
 (``forward(x, mask)``): the sparse encoder of the paper is computed densely, with masked positions
@@ -82,6 +82,13 @@ def resolve_arch(arch: str | dict, version: str) -> tuple[tuple[int, ...], tuple
     return depths, dims
 
 
+def _layer_scale(version: str, init_value: float | None) -> float | None:
+    """timm's ``ls_init_value``: ``None`` (no LayerScale) for V2 and for an explicit 0, 1e-6 when unset."""
+    if version == 'v2' or init_value == 0:
+        return None
+    return 1e-6 if init_value is None else init_value
+
+
 def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
     """Repeat each cell of an (N, h, w) mask ``factor`` times along both spatial axes."""
     return mask.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
@@ -112,8 +119,8 @@ class ConvNeXt(BaseModule):
         out_indices: Stages whose features are returned, a subset of ``(0, 1, 2, 3)``.
         drop_path_rate: Stochastic depth rate, increasing linearly over all blocks.
         layer_scale_init_value: Initial LayerScale value of V1 blocks (the official detection and
-            segmentation configs use 1.0); ``None`` means timm's classification default 1e-6.
-            V2 blocks have no LayerScale.
+            segmentation configs use 1.0); ``None`` means timm's classification default 1e-6, and 0
+            turns LayerScale off (as in the official code). V2 blocks have no LayerScale.
         frozen_stages: Number of leading stages to freeze (the stem goes with the first): their
             parameters get no gradients and ``train()`` keeps them in eval mode. 0 freezes nothing.
             Output norms are never frozen.
@@ -122,7 +129,7 @@ class ConvNeXt(BaseModule):
             segmentation backbone). FCMAE pre-training feeds the raw last stage to its decoder and
             builds the backbone without them.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads any format that
-            :func:`backbones.checkpoint.load_backbone_weights` detects; other init configs go to
+            :func:`backbones.checkpoints.formats.load_backbone_weights` detects; other init configs go to
             mmengine.
     """
 
@@ -155,7 +162,7 @@ class ConvNeXt(BaseModule):
             num_classes=0,
             depths=self.depths,
             dims=self.dims,
-            ls_init_value=None if version == 'v2' else (layer_scale_init_value or 1e-6),
+            ls_init_value=_layer_scale(version, layer_scale_init_value),
             use_grn=version == 'v2',
             norm_eps=1e-6,
             drop_path_rate=drop_path_rate)

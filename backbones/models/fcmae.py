@@ -27,8 +27,8 @@ from timm.layers import trunc_normal_
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
-from ..errors import CheckpointError
 from ..checkpoints.formats import FCMAE_DECODER_PREFIXES, StateDict, convert_state_dict, load_exactly, read_checkpoint
+from ..errors import CheckpointError
 from .convnext import MASK_STRIDE, ConvNeXt, upsample_mask
 
 PATCH_SIZE = MASK_STRIDE

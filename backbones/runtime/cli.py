@@ -6,7 +6,6 @@ where the tools differ on purpose (``--precision``: training follows the config'
 defaults to the exact fp32 scores, inference and benchmarks to the fastest precision of the machine).
 """
 import argparse
-import functools
 from collections.abc import Callable
 
 from mmengine.config import Config, DictAction

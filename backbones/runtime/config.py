@@ -26,8 +26,17 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
         launcher: The job launcher (``none``, ``pytorch``, ``slurm`` or ``mpi``).
         work_dir: Folder for checkpoints and logs; by default the config's own ``work_dir``, else
             ``work_dirs/<config name>``.
+
+    A config that names no runner gets :class:`backbones.checkpoints.training.ConvNeXtDenseRunner`, so
+    that ``--resume`` reads checkpoints through its schema, whatever config a user writes.
+
+    Raises:
+        UsageError: The config file does not exist or cannot be read.
     """
+    if not osp.isfile(path):
+        raise UsageError(f'Config not found: {path}. Give the path of a config file, e.g. configs/demo/mask_rcnn_convnext_demo.py.')
     cfg = Config.fromfile(path)
+    cfg.setdefault('runner_type', 'ConvNeXtDenseRunner')
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.launcher = launcher

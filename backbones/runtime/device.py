@@ -8,6 +8,8 @@ from mmengine.model import BaseTTAModel, MMDistributedDataParallel, is_model_wra
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
+from ..errors import UsageError
+
 
 def default_device() -> str:
     """The device the tools run on: ``cuda`` where available, else ``cpu``."""
@@ -46,3 +48,18 @@ def adapt_to_cpu(cfg: Config) -> None:
         # mmengine's init_dist calls torch.cuda.set_device first, which fails without a GPU.
         torch.distributed.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
                                              world_size=int(os.environ['WORLD_SIZE']))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a ``--device`` names.
+
+    Raises:
+        UsageError: Not a device name, or a device this machine does not have.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f'--device {name}: {error}') from None
+    if device.type != 'cpu' and not (device.type == 'cuda' and torch.cuda.is_available()):
+        raise UsageError(f'device {name} is not available: use cpu or, with a CUDA GPU, cuda.')
+    return device

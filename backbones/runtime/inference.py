@@ -2,7 +2,7 @@
 
 :func:`prepare_inference` is what the tools do to a built model before its first ``test_step``:
 
-* autocast to the run's precision (:func:`backbones.runtime.autocast_test_step`);
+* autocast to the run's precision (:func:`backbones.runtime.precision.autocast_test_step`);
 * :func:`roi_align_on_all_cores`: mmcv's CPU kernel of ``RoIAlign`` runs on one core. On a CPU each
   ``RoIAlign`` of the model runs torchvision's kernel of the same operation (mmcv's own
   ``use_torchvision`` path; the numbers are the same), on ``torch.get_num_threads()`` slices of the
@@ -22,11 +22,10 @@ import torch._inductor.config as inductor_config
 import torchvision
 from mmcv.ops import RoIAlign
 from torch import nn
-
-from ..errors import UsageError
 from torch._inductor import cpp_builder
 from torch._inductor.exc import InvalidCxxCompiler
 
+from ..errors import UsageError
 from .device import unwrap_model
 from .precision import autocast_test_step
 

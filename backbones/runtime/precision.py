@@ -71,7 +71,7 @@ def set_training_precision(cfg: Config, precision: str) -> None:
     """Train ``cfg`` in ``precision`` (resolved, not ``auto``): the optim wrapper that does it.
 
     fp32: ``OptimWrapper``. CUDA: mmengine's ``AmpOptimWrapper`` (fp16 or bf16, dynamic loss
-    scaling). CPU bf16: :class:`backbones.precision.AutocastOptimWrapper` (no loss scaling needed).
+    scaling). CPU bf16: :class:`backbones.engine.autocast.AutocastOptimWrapper` (no loss scaling needed).
     """
     optim_wrapper = cfg.optim_wrapper
     for amp_only in ('loss_scale', 'dtype', 'use_fsdp'):

@@ -1,4 +1,4 @@
-# FCMAE pre-training of the demo backbone on the built-in demo images (tools/demo_data.py), their labels
+# FCMAE pre-training of the demo backbone on the built-in demo images (backbones/runtime/demo_data.py), their labels
 # unused: the paper's recipe (AdamW (0.9, 0.95), warm-up + cosine, mask ratio 0.6 of 32x32 patches,
 # per-patch normalised targets) on 128x128 images, with a narrower decoder, a higher lr and a schedule of
 # minutes on a 2-core CPU. tools/demo.py --pretrain fcmae starts UperNet and the detectors from its backbone.

@@ -1,13 +1,11 @@
-# UperNet on the built-in demo data (tools/demo_data.py): the real UperNet-T recipe (AdamW,
+# UperNet on the built-in demo data (backbones/runtime/demo_data.py): the real UperNet-T recipe (AdamW,
 # stage-wise LR decay, warm-up + poly) on 128x128 scenes, with a small ConvNeXt trained from scratch
 # and narrow heads so that it trains on a 2-core CPU in minutes.
-_base_ = '../seg/upernet_convnext_t.py'
+_base_ = ['../seg/upernet_convnext_t.py', './_base_/demo_classes.py']
 
 data_root = 'data/demo/ade'
 crop_size = (128, 128)
-metainfo = dict(
-    classes=('background', 'circle', 'square', 'triangle', 'cross'),
-    palette=[[90, 90, 90], [220, 40, 40], [40, 190, 40], [30, 90, 220], [230, 210, 30]])
+metainfo = dict(classes={{_base_.demo_seg_classes}}, palette={{_base_.demo_seg_palette}})
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),

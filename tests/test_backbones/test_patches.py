@@ -3,6 +3,9 @@ import json
 import subprocess
 import sys
 
+import torch
+from mmcv.ops import RoIAlign, nms
+
 SNAPSHOT = r'''
 import json, sys
 from mmcv.ops.nms import NMSop
@@ -46,3 +49,30 @@ def test_patches_are_documented_where_they_are_applied() -> None:
     for named in ('``CheckpointLoader`` scheme ``\'\'``', '``mmengine.runner.checkpoint.load_url``',
                   '``pavi://``, ``s3://``, ``petrel://``', '``mmcv.ops.RoIAlign.forward``'):
         assert named in doc
+
+
+# Patch 4: without it mmcv 2.1's CPU kernels refuse bf16 ("not implemented for 'BFloat16'").
+def test_roi_align_takes_bf16_features_and_returns_them_in_bf16() -> None:
+    features = torch.randn(2, 8, 24, 32).bfloat16().requires_grad_()
+    rois = torch.tensor([[0, 1.0, 2.0, 20.0, 15.0], [1, 4.5, 3.0, 30.0, 22.5], [1, 0.0, 0.0, 8.0, 8.0]])
+    roi_align = RoIAlign((7, 7), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    pooled = roi_align(features, rois)
+    reference_input = features.detach().float().requires_grad_()
+    reference = roi_align(reference_input, rois)
+    assert pooled.dtype == torch.bfloat16
+    torch.testing.assert_close(pooled, reference.bfloat16(), rtol=0, atol=0)  # the fp32 kernel, rounded once
+
+    pooled.float().sum().backward()
+    reference.sum().backward()
+    assert features.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(features.grad, reference_input.grad.bfloat16(), rtol=0, atol=0)
+
+
+def test_nms_takes_bf16_boxes_and_scores() -> None:
+    generator = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=generator) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(200, 2, generator=generator) * 30], 1).bfloat16()
+    scores = torch.rand(200, generator=generator).bfloat16()
+    kept, indices = nms(boxes, scores, iou_threshold=0.5)
+    _, reference = nms(boxes.float(), scores.float(), iou_threshold=0.5)
+    assert torch.equal(indices, reference) and 0 < len(indices) < 200

@@ -12,16 +12,14 @@ Mask R-CNN also trains in bf16 (it must reach the same bars).
 """
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from backbones.runtime import cpu_supports_bf16
-
-ensure_demo_data = runpy.run_path('tools/demo_data.py')['ensure_demo_data']
+from backbones.runtime.demo_data import ensure_demo_data
+from backbones.runtime.precision import cpu_supports_bf16
 
 # config, training options (2 epochs, the second at a tenth of the lr), lowest box AP50 and mask AP on the
 # held-out scenes. Cascade iterations cost three times as much: 200 of them instead of 240.

@@ -7,8 +7,7 @@ import sys
 
 import cv2
 
-from tools.demo_data import ensure_demo_data
-
+from backbones.runtime.demo_data import ensure_demo_data
 
 
 def train(config: str, args: list[str]) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """tools/train.py, tools/test.py and tools/dist_train.sh on small generated COCO and ADE20K sets."""
 import json
 import os
-import runpy
 import signal
 import subprocess
 import sys
@@ -11,8 +10,8 @@ import pytest
 import torch
 
 from backbones import load_local_checkpoint
+from backbones.runtime.demo_data import ensure_demo_data
 
-ensure_demo_data = runpy.run_path('tools/demo_data.py')['ensure_demo_data']
 ENV = dict(os.environ, PYTHONUNBUFFERED='1')
 # A few iterations of batch 4 on 8 training images.
 DET_OPTIONS = ['model.backbone.init_cfg=None', 'train_dataloader.batch_size=4', 'train_cfg.max_epochs=3',

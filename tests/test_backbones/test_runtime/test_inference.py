@@ -2,12 +2,12 @@
 import pytest
 import torch
 from mmcv.ops import RoIAlign
+from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmdet.registry import MODELS
 
-from backbones.convnext import ConvNeXt
-from backbones.inference import compile_backbone, prepare_inference, roi_align_on_all_cores, to_channels_last
+from backbones.models.convnext import ConvNeXt
+from backbones.runtime.inference import compile_backbone, prepare_inference, roi_align_on_all_cores, to_channels_last
 
 
 def random_rois(count: int, height: int, width: int, images: int, seed: int = 0) -> torch.Tensor:

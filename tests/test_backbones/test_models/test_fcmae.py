@@ -7,8 +7,8 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from backbones import CheckpointError, ConvNeXt, FCMAE, load_backbone_weights
-from backbones.fcmae import normalise_patches, patchify
+from backbones import FCMAE, CheckpointError, ConvNeXt, load_backbone_weights
+from backbones.models.fcmae import normalise_patches, patchify
 from tests.helpers import TINY_ARCH, randomize, to_fcmae
 
 FROM_FCMAE = {'model.backbone.version': 'v2', 'model.backbone.layer_scale_init_value': None,

@@ -5,8 +5,7 @@ import pytest
 import timm
 import torch
 
-from backbones import CheckpointError, ConvNeXt
-from backbones import load_backbone_weights
+from backbones import CheckpointError, ConvNeXt, load_backbone_weights
 from backbones.checkpoints.formats import _fcmae_to_official, convert_state_dict, load_exactly, unwrap_state_dict
 from tests.helpers import TINY_ARCH, randomize, to_fcmae, to_mmpretrain, to_official
 

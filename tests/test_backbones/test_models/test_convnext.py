@@ -7,7 +7,7 @@ import torch
 from mmengine.registry import DefaultScope
 
 from backbones import ConvNeXt
-from backbones.convnext import V1_ARCHS, V2_ARCHS
+from backbones.models.convnext import V1_ARCHS, V2_ARCHS
 from tests.helpers import TINY_ARCH
 
 # Parameters with the ImageNet-1K head, in millions, as the papers print them.

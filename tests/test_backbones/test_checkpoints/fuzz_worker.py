@@ -16,7 +16,6 @@ from pathlib import Path
 import backbones  # noqa: F401  (the patches: mmengine's loaders are ours)
 from backbones.checkpoints import CheckpointError, read_checkpoint_file
 
-
 OPCODES = b'(.0124FIJKLMNPQRSTUVXabcdeghijlopqrstu}])\x80\x81\x85\x86\x87\x88\x89\x8a\x8b\x8c\x8d\x8e\x8f\x90\x91\x92' \
           b'\x93\x94\x95\x96'
 

@@ -131,3 +131,15 @@ def test_a_checkpoint_outside_the_schema_is_one_line(trained, tmp_path, case: st
         'history': "log scalar 'x' has 2 values, 1 counts", 'optimizer-shape': "state 'exp_avg' of parameter 0 has "
                                                                               'shape (7, 7)'}[case]
     assert line.startswith('error: Cannot resume') and expected in line, line
+
+
+def test_resume_finds_the_latest_checkpoint_also_after_a_crash(tmp_path) -> None:
+    assert find_resume_checkpoint(str(tmp_path)) is None
+    for name in ('epoch_2.pth', 'epoch_10.pth', 'best_coco_bbox_mAP_epoch_3.pth'):
+        (tmp_path / name).write_bytes(b'')
+    record = tmp_path / 'last_checkpoint'
+    record.write_text(str(tmp_path / 'epoch_2.pth'))
+    assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_2.pth')  # what the record names
+    for left_by_a_crash in ('', str(tmp_path / 'epoch_')):  # empty, or cut mid-path by an older writer
+        record.write_text(left_by_a_crash)
+        assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_10.pth')  # newest by number

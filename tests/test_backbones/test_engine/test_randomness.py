@@ -8,8 +8,9 @@ from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 
-from backbones import ConvNeXtDenseRunner, randomness
-from backbones.randomness import RandomStateHook, get_random_state, set_random_state
+from backbones import ConvNeXtDenseRunner
+from backbones.engine import randomness
+from backbones.engine.randomness import RandomStateHook, get_random_state, set_random_state
 
 
 class _NoisyModel(BaseModel):
