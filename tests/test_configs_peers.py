@@ -23,11 +23,13 @@ import backbones  # noqa: F401  registers ConvNeXt
 from backbones.checkpoints.formats import load_model_weights
 
 DETECTION_PEERS = {
-    'mask_rcnn': ('configs/det/mask_rcnn_convnext_t.py', 'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'),
+    'mask_rcnn': ('configs/det/mask_rcnn_convnext_t.py',
+                  'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'),
     'cascade': ('configs/det/cascade_convnext_t.py',
                 'convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'),
 }
-SEGMENTATION_PEER = ('configs/seg/upernet_convnext_t.py', 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py')
+SEGMENTATION_PEER = ('configs/seg/upernet_convnext_t.py',
+                     'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py')
 IMAGE_SHAPE = (224, 320)
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 

@@ -123,7 +123,8 @@ def train_and_test(model: Model, work_dir: Path, data_root: Path, quick: bool, p
         options += FROM_FCMAE
     if from_fcmae or model.key != 'upernet':
         options.append(f'model.backbone.init_cfg.checkpoint={pretrained}')
-    common = ['--work-dir', str(model_dir), '--data-root', f'{data}/', *(['--cfg-options', *options] if options else [])]
+    common = ['--work-dir', str(model_dir), '--data-root', f'{data}/']
+    common += ['--cfg-options', *options] if options else []
     overrides = dict(option.split('=', 1) for option in options)
     epochs = int(overrides.get('train_cfg.max_epochs') or Config.fromfile(model.config).train_cfg.get('max_epochs', 1))
     start = time.time()

@@ -205,7 +205,8 @@ def check_compatible(weights: ConvertedWeights, backbone: nn.Module) -> list[str
     """Check ``weights.backbone`` against ``backbone``; return the keys it leaves initialised.
 
     Stages after the last of ``out_indices`` and output norms the backbone does not build (stages not
-    in ``out_indices``, or ``norm_outputs=False``) are moved to ``weights.leftovers``. Only the output norms may be missing, and only when the
+    in ``out_indices``, or ``norm_outputs=False``) are moved to ``weights.leftovers``. Only the output norms may be
+    missing, and only when the
     checkpoint has none (classification and pre-training checkpoints).
 
     Raises:

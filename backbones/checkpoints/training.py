@@ -350,8 +350,10 @@ class ConvNeXtDenseRunner(Runner):
                     and all(_kind(state[key]) == _kind(own[key]) for key in own)):
                 raise _fail(path, f'the state of its {type(scheduler).__name__} is not that of the config\'s')
             # Stored as plain data; give each attribute the scheduler's own container type (a Counter of milestones).
-            scheduler.load_state_dict({key: type(own[key])(value) if isinstance(own[key], (dict, list, tuple))
-                                       and type(value) is not type(own[key]) else value for key, value in state.items()})
+            scheduler.load_state_dict({
+                key: type(own[key])(value)
+                if isinstance(own[key], (dict, list, tuple)) and type(value) is not type(own[key]) else value
+                for key, value in state.items()})
 
 
 def _kind(value: Any) -> str:

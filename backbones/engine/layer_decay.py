@@ -61,7 +61,8 @@ class LRDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             raise UsageError(f'paramwise_cfg.num_layers must be an int >= 4 (6 for depths 3-3-9-3, 12 for '
                              f'3-3-27-3), got {self.num_layers!r}.')
         if self.base_lr is None or self.base_wd is None:
-            raise UsageError('LR decay sets lr and weight decay per group: give optimizer.lr and optimizer.weight_decay.')
+            raise UsageError('LR decay sets lr and weight decay per group: '
+                             'give optimizer.lr and optimizer.weight_decay.')
         if not 0 < self.decay_rate <= 1:
             raise UsageError(f'paramwise_cfg.decay_rate must be in (0, 1], got {self.decay_rate}.')
 

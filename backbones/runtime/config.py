@@ -34,7 +34,8 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
         UsageError: The config file does not exist or cannot be read.
     """
     if not osp.isfile(path):
-        raise UsageError(f'Config not found: {path}. Give the path of a config file, e.g. configs/demo/mask_rcnn_convnext_demo.py.')
+        raise UsageError(f'Config not found: {path}. Give the path of a config file, '
+                         'e.g. configs/demo/mask_rcnn_convnext_demo.py.')
     cfg = Config.fromfile(path)
     cfg.setdefault('runner_type', 'ConvNeXtDenseRunner')
     if cfg_options:
@@ -100,8 +101,8 @@ def check_datasets(cfg: Config, splits: list[str]) -> None:
     for evaluator in _evaluator_cfgs(cfg):
         if evaluator.get('ann_file') and not osp.exists(evaluator.ann_file):
             raise DatasetNotFoundError(f"Annotation file of the {evaluator.type} evaluator not found: "
-                                       f"{evaluator.ann_file}. Prepare the data as docs/datasets.md describes, or point "
-                                       '--data-root at it.')
+                                       f'{evaluator.ann_file}. Prepare the data as docs/datasets.md describes, '
+                                       'or point --data-root at it.')
 
 
 def enable_tta(cfg: Config) -> None:

@@ -64,7 +64,8 @@ def textured_background(rng: np.random.Generator, image_size: int) -> np.ndarray
                        interpolation=cv2.INTER_CUBIC)
     period, phase, tilt = rng.uniform(6, 20), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
     yy, xx = np.mgrid[:image_size, :image_size]
-    stripes = np.sin((xx * np.cos(tilt) + yy * np.sin(tilt)) * 2 * np.pi / period + phase)[..., None] * rng.uniform(0, 12)
+    wave = (xx * np.cos(tilt) + yy * np.sin(tilt)) * 2 * np.pi / period + phase
+    stripes = np.sin(wave)[..., None] * rng.uniform(0, 12)
     return base + gradient + blobs + stripes + rng.normal(0, 6, (image_size, image_size, 3))
 
 

@@ -30,8 +30,8 @@ DETECTORS = {
                 0.15),  # measured 0.47, 0.28
 }
 # From scratch (no pre-trained backbone); evaluated once, by tools/test.py.
-COMMON_OPTIONS = ['model.backbone.init_cfg=None', 'default_hooks.logger.interval=20', 'val_cfg=None', 'val_dataloader=None',
-                  'val_evaluator=None']
+COMMON_OPTIONS = ['model.backbone.init_cfg=None', 'default_hooks.logger.interval=20', 'val_cfg=None',
+                  'val_dataloader=None', 'val_evaluator=None']
 
 
 @pytest.fixture(scope='module')

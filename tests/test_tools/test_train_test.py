@@ -95,7 +95,8 @@ def test_kill_9_then_resume_continues_the_uninterrupted_loss_curve(tmp_path, dat
     crashing = tmp_path / 'crashing.py'  # the same config, killed with SIGKILL after 6 iterations
     crashing.write_text(f"_base_ = [{str(Path(config).resolve())!r}]\n"
                         "custom_imports = dict(imports=['backbones', 'tests.helpers'], allow_failed_imports=False)\n"
-                        "custom_hooks = [dict(type='RandomStateHook'), dict(type='KillAfterIterationHook', iterations=6)]\n")
+                        "custom_hooks = [dict(type='RandomStateHook'),\n"
+                        "                dict(type='KillAfterIterationHook', iterations=6)]\n")
     work_dir = tmp_path / 'crashed'
     killed = run('tools/train.py', str(crashing), '--work-dir', str(work_dir), *common, check=False,
                  env=dict(ENV, PYTHONPATH=os.getcwd()))  # tests.helpers importable
@@ -140,10 +141,12 @@ def test_two_process_cpu_training_with_dist_train(tmp_path, data_root) -> None:
 def test_resuming_from_a_broken_checkpoint_is_one_clear_line(tmp_path, data_root) -> None:
     broken = tmp_path / 'epoch_1.pth'
     broken.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(100))
-    result = run('tools/train.py', 'configs/demo/mask_rcnn_convnext_demo.py', '--work-dir', str(tmp_path), '--data-root',
-                 f'{data_root}/coco/', '--resume', str(broken), '--cfg-options', *DET_OPTIONS, check=False)
+    result = run('tools/train.py', 'configs/demo/mask_rcnn_convnext_demo.py', '--work-dir', str(tmp_path),
+                 '--data-root', f'{data_root}/coco/', '--resume', str(broken), '--cfg-options', *DET_OPTIONS,
+                 check=False)
     assert result.returncode != 0 and 'Traceback' not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f'error: Cannot load {broken}: it is a PNG image, not a checkpoint.'
+    expected = f'error: Cannot load {broken}: it is a PNG image, not a checkpoint.'
+    assert result.stderr.strip().splitlines()[-1] == expected
 
 
 @pytest.mark.parametrize('tool, config', [

@@ -36,7 +36,8 @@ calls the backbone once per crop; training pads to the data preprocessor's ``siz
 around the backbone case and the whole ``test_step`` (predictions back in fp32; on CPUs mmcv's RoIAlign
 and nms compute in fp32, see :mod:`backbones.patches`), and the training precision's optim wrapper
 (``set_training_precision``: OptimWrapper, AmpOptimWrapper on CUDA, AutocastOptimWrapper for bf16 on
-CPUs). Our inference cases are prepared as the tools prepare them (:func:`backbones.runtime.inference.prepare_inference`:
+CPUs). Our inference cases are prepared as the tools prepare them
+(:func:`backbones.runtime.inference.prepare_inference`:
 on CPUs RoIAlign on all cores; ``--channels-last`` the convolutions in NHWC, ``--compile`` the backbone
 through ``torch.compile``, compiled in the warm-up runs, which ``--warmup`` must cover). The training step takes
 ``--channels-last`` for the backbone only. The peers run in fp32, NCHW and with mmcv's own kernels, as their
@@ -446,7 +447,8 @@ def main() -> None:
     test_step = f'{cfg.model.type} test_step'
     cases = [Case('backbone', label, precision, inference(lambda: ours.backbone(images), precision, device),
                   ours.backbone)]
-    cases += [Case('backbone', peer.implementation, 'fp32', inference(lambda p=peer: p.backbone(images), 'fp32', device),
+    cases += [Case('backbone', peer.implementation, 'fp32',
+                   inference(lambda p=peer: p.backbone(images), 'fp32', device),
                    peer.backbone, max_abs_diff(ours.backbone, peer, images)) for peer in peers]
     cases.append(Case(test_step, label, precision, torch.no_grad()(lambda: ours.test_step(batch)), ours.backbone))
     cases += [Case(test_step, peer.implementation, 'fp32', torch.no_grad()(lambda p=peer: p.model.test_step(batch)),

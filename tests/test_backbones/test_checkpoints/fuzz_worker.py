@@ -35,7 +35,8 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
     else:
         positions = [m.start() + 1 for m in re.finditer(rb'[XBT]', bytes(data)) if m.start() + 5 <= len(data)] or [0]
         position = rng.choice(positions)
-        data[position:position + 4] = struct.pack('<I', rng.choice([0, 1, 255, 2**31 - 1, 2**32 - 1, rng.randrange(2**16)]))
+        length = rng.choice([0, 1, 255, 2**31 - 1, 2**32 - 1, rng.randrange(2**16)])
+        data[position:position + 4] = struct.pack('<I', length)
     return bytes(data)
 
 

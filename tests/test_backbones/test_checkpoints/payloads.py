@@ -20,7 +20,9 @@ def text(value: str) -> bytes:
 
 
 def raw(value: bytes) -> bytes:
-    return b'C' + struct.pack('<B', len(value)) + value if len(value) < 256 else b'B' + struct.pack('<I', len(value)) + value
+    if len(value) < 256:
+        return b'C' + struct.pack('<B', len(value)) + value
+    return b'B' + struct.pack('<I', len(value)) + value
 
 
 def integer(value: int) -> bytes:

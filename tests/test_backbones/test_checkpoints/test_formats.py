@@ -32,11 +32,13 @@ def timm_classifier_state(source: ConvNeXt, version: str) -> dict:
 
 def build_checkpoint(source: ConvNeXt, fmt: str, version: str) -> dict:
     state = source.state_dict()
-    detector_parts = {'neck.lateral_convs.0.conv.weight': torch.randn(8, 16, 1, 1), 'rpn_head.rpn_cls.bias': torch.zeros(3)}
+    detector_parts = {'neck.lateral_convs.0.conv.weight': torch.randn(8, 16, 1, 1),
+                      'rpn_head.rpn_cls.bias': torch.zeros(3)}
     return {
         'official': lambda: {'model': to_official(state)},
-        'official-dense': lambda: {'state_dict': {**{f'backbone.{k}': v for k, v in to_official(state, dense=True).items()},
-                                                  **detector_parts}, 'meta': {'CLASSES': ('a', 'b')}},
+        'official-dense': lambda: {
+            'state_dict': {**{f'backbone.{k}': v for k, v in to_official(state, dense=True).items()}, **detector_parts},
+            'meta': {'CLASSES': ('a', 'b')}},
         'fcmae': lambda: {'model': to_fcmae(state)},
         'timm': lambda: timm_classifier_state(source, version),
         'mmpretrain': lambda: {'state_dict': to_mmpretrain(state)},
@@ -147,7 +149,8 @@ def test_whole_model_loading_names_the_first_key_that_does_not_fit() -> None:
     cases = {
         "'1.bias' is missing from the checkpoint (ckpt.pth). Check that the config matches.":
             {k: v for k, v in good.items() if k != '1.bias'},
-        "'2.weight' is not in the model (ckpt.pth). Check that the config matches.": {**good, '2.weight': torch.ones(1)},
+        "'2.weight' is not in the model (ckpt.pth). Check that the config matches.":
+            {**good, '2.weight': torch.ones(1)},
         "Shape mismatch at '0.weight': checkpoint (4, 2), model (3, 2) (ckpt.pth). Check that the config matches.":
             {**good, '0.weight': torch.ones(4, 2)},
     }

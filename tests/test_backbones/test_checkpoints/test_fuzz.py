@@ -26,7 +26,8 @@ def write_seeds(folder: Path) -> None:
     weights = {'downsample_layers.0.0.weight': torch.randn(8, 3, 4, 4), 'stages.0.0.gamma': torch.randn(8),
                'head.weight': torch.randn(10, 8).t()}
     hub = {'log_scalars': {'train/loss': HistoryBuffer([1.0, 0.5], [1, 1])},
-           'runtime_info': {'epoch': 1, 'eta': np.float64(3.0), 'best_ckpt': '/x/best.pth'}, 'resumed_keys': {'epoch': True}}
+           'runtime_info': {'epoch': 1, 'eta': np.float64(3.0), 'best_ckpt': '/x/best.pth'},
+           'resumed_keys': {'epoch': True}}
     runner = {'meta': {'epoch': 1, 'iter': 4, 'cfg': 'model = dict()', 'dataset_meta': {'classes': ('a', 'b')}},
               'state_dict': weights, 'message_hub': hub,
               'optimizer': {'state': {0: {'step': torch.tensor(4.0), 'exp_avg': torch.zeros(8)}},

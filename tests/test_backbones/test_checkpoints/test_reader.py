@@ -233,7 +233,8 @@ def test_an_mmengine_runner_checkpoint_loads_its_weights_with_inert_history(tmp_
     from mmengine.logging import HistoryBuffer
 
     buffer = HistoryBuffer([1.0, 3.0], [1, 1])
-    torch.save({'state_dict': {'w': torch.ones(2)}, 'message_hub': {'log_scalars': {'loss': buffer}}}, tmp_path / 'm.pth')
+    hub = {'log_scalars': {'loss': buffer}}
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'message_hub': hub}, tmp_path / 'm.pth')
     table = dict(HistoryBuffer._statistics_methods)
     loaded = load(tmp_path / 'm.pth')
     stored = loaded['message_hub']['log_scalars']['loss']

@@ -72,7 +72,8 @@ def _run(work_dir, by_epoch: bool, with_hook: bool = True, resume_from: str | No
         val_dataloader=dict(loader, sampler=dict(type='DefaultSampler', shuffle=False), num_workers=0,
                             persistent_workers=False), val_cfg=dict(),
         val_evaluator=dict(type=_MeanPrediction), optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
-        default_hooks=dict(checkpoint=dict(type='ConvNeXtDenseCheckpointHook', interval=1 if by_epoch else 4, by_epoch=by_epoch)),
+        default_hooks=dict(checkpoint=dict(type='ConvNeXtDenseCheckpointHook', interval=1 if by_epoch else 4,
+                                           by_epoch=by_epoch)),
         custom_hooks=[recorder, RandomStateHook()] if with_hook else [recorder],
         randomness=dict(seed=3), resume=resume_from is not None, load_from=resume_from)
     runner.train()

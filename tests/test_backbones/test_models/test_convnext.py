@@ -50,7 +50,8 @@ def test_stage_features_equal_timm(arch, version: str, timm_name: str, timm_kwar
     for stage, (a, b) in enumerate(zip(ours, theirs)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=f'stage {stage}')
         normed = torch.nn.functional.layer_norm(a.permute(0, 2, 3, 1), a.shape[1:2], eps=1e-6).permute(0, 3, 1, 2)
-        expected = normed * backbone.out_norms[stage].weight[:, None, None] + backbone.out_norms[stage].bias[:, None, None]
+        norm = backbone.out_norms[stage]
+        expected = normed * norm.weight[:, None, None] + norm.bias[:, None, None]
         torch.testing.assert_close(outputs[stage], expected, atol=1e-5, rtol=1e-5)
 
 

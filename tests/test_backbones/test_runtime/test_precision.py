@@ -45,7 +45,8 @@ class _Toy(torch.nn.Module):
 
 @pytest.mark.parametrize('precision, wrapper', [('fp32', 'OptimWrapper'), ('bf16', 'AutocastOptimWrapper')])
 def test_training_precision_picks_the_optim_wrapper(precision: str, wrapper: str) -> None:
-    cfg = Config(dict(optim_wrapper=dict(type='AmpOptimWrapper', loss_scale='dynamic', optimizer=dict(type='SGD', lr=1))))
+    optimizer = dict(type='SGD', lr=1)
+    cfg = Config(dict(optim_wrapper=dict(type='AmpOptimWrapper', loss_scale='dynamic', optimizer=optimizer)))
     set_training_precision(cfg, precision)
     built = OPTIM_WRAPPERS.build(dict(cfg.optim_wrapper, optimizer=torch.optim.SGD(_Toy().parameters(), lr=1)))
     assert type(built).__name__ == wrapper  # and it builds: no AMP-only keys left
