@@ -16,6 +16,8 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 
+from ..errors import UsageError
+
 DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -31,7 +33,7 @@ class AutocastOptimWrapper(OptimWrapper):
 
     def __init__(self, dtype: str = 'bfloat16', **kwargs) -> None:
         if dtype not in DTYPES:
-            raise ValueError(f"AutocastOptimWrapper dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+            raise UsageError(f"AutocastOptimWrapper dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
         super().__init__(**kwargs)
         self.dtype = DTYPES[dtype]
 

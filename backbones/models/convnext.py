@@ -26,6 +26,7 @@ from timm.models.convnext import ConvNeXt as TimmConvNeXt
 from torch import nn
 
 from ..checkpoints.formats import load_backbone_weights
+from ..errors import UsageError
 
 # depths and dims of the paper sizes; V2 blocks add GRN and drop LayerScale.
 V1_ARCHS: dict[str, dict[str, tuple[int, ...]]] = {
@@ -63,22 +64,22 @@ def resolve_arch(arch: str | dict, version: str) -> tuple[tuple[int, ...], tuple
         ValueError: For an unknown version or arch, or a malformed custom arch.
     """
     if version not in ARCHS:
-        raise ValueError(f"Unknown ConvNeXt version {version!r}: use 'v1' or 'v2'.")
+        raise UsageError(f"Unknown ConvNeXt version {version!r}: use 'v1' or 'v2'.")
     if isinstance(arch, str):
         if arch not in ARCHS[version]:
             other = 'v2' if version == 'v1' else 'v1'
             hint = f" ('{arch}' is a {other} arch: set version='{other}')" if arch in ARCHS[other] else ''
-            raise ValueError(
+            raise UsageError(
                 f"Unknown ConvNeXt {version} arch {arch!r}{hint}; choose one of "
                 f"{', '.join(ARCHS[version])}, or pass dict(depths=[4 ints], dims=[4 ints]).")
         spec = ARCHS[version][arch]
     elif isinstance(arch, dict):
         spec = arch
     else:
-        raise ValueError(f'ConvNeXt arch must be a name or a dict, got {type(arch).__name__}.')
+        raise UsageError(f'ConvNeXt arch must be a name or a dict, got {type(arch).__name__}.')
     depths, dims = tuple(spec.get('depths', ())), tuple(spec.get('dims', ()))
     if len(depths) != 4 or len(dims) != 4 or not all(isinstance(v, int) and v > 0 for v in depths + dims):
-        raise ValueError(f'A custom ConvNeXt arch needs 4 positive depths and 4 positive dims, got {spec}.')
+        raise UsageError(f'A custom ConvNeXt arch needs 4 positive depths and 4 positive dims, got {spec}.')
     return depths, dims
 
 
@@ -150,11 +151,11 @@ class ConvNeXt(BaseModule):
         self.out_indices = tuple(out_indices)
         if not self.out_indices or len(set(self.out_indices)) != len(self.out_indices) or not all(
                 isinstance(i, int) and 0 <= i <= 3 for i in self.out_indices):
-            raise ValueError(f'out_indices must be distinct stage indices in 0..3, got {out_indices!r}.')
+            raise UsageError(f'out_indices must be distinct stage indices in 0..3, got {out_indices!r}.')
         if not 0 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be in 0..4 (number of leading stages), got {frozen_stages}.')
+            raise UsageError(f'frozen_stages must be in 0..4 (number of leading stages), got {frozen_stages}.')
         if version == 'v2' and layer_scale_init_value is not None:
-            raise ValueError('ConvNeXt V2 blocks have no LayerScale: leave layer_scale_init_value unset.')
+            raise UsageError('ConvNeXt V2 blocks have no LayerScale: leave layer_scale_init_value unset.')
         self.frozen_stages = frozen_stages
 
         trunk = TimmConvNeXt(
@@ -253,11 +254,11 @@ class ConvNeXt(BaseModule):
         n, _, height, width = image_shape
         grid = (n, height // MASK_STRIDE, width // MASK_STRIDE)
         if mask.dtype != torch.bool or tuple(mask.shape) != grid or height % MASK_STRIDE or width % MASK_STRIDE:
-            raise ValueError(f'The FCMAE mask must be a bool tensor of shape (N, H/{MASK_STRIDE}, W/{MASK_STRIDE}) = '
+            raise UsageError(f'The FCMAE mask must be a bool tensor of shape (N, H/{MASK_STRIDE}, W/{MASK_STRIDE}) = '
                              f'{grid} for images {tuple(image_shape)} with H and W multiples of {MASK_STRIDE}; got '
                              f'{mask.dtype} {tuple(mask.shape)}.')
         if torch.is_grad_enabled() and any(stage.grad_checkpointing for stage in self.stages):
-            raise ValueError('Masked (FCMAE) forward does not support gradient checkpointing: set with_cp=False.')
+            raise UsageError('Masked (FCMAE) forward does not support gradient checkpointing: set with_cp=False.')
         hidden = [upsample_mask(mask, MASK_STRIDE // stride)[:, None] for stride in STAGE_STRIDES]
         handles = [self.stem.register_forward_hook(_zero_output(hidden[0]))]
         for i, stage in enumerate(self.stages):

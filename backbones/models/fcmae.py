@@ -28,7 +28,7 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
 from ..checkpoints.formats import FCMAE_DECODER_PREFIXES, StateDict, convert_state_dict, load_exactly, read_checkpoint
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from .convnext import MASK_STRIDE, ConvNeXt, upsample_mask
 
 PATCH_SIZE = MASK_STRIDE
@@ -95,7 +95,7 @@ class FCMAE(BaseModel):
             data_preprocessor = dict(type='ImgDataPreprocessor', mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr_to_rgb=True)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if not 0 < mask_ratio < 1:
-            raise ValueError(f'mask_ratio must be between 0 and 1 (the paper uses 0.6), got {mask_ratio}.')
+            raise UsageError(f'mask_ratio must be between 0 and 1 (the paper uses 0.6), got {mask_ratio}.')
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.in_channels = in_channels
@@ -162,7 +162,7 @@ class FCMAE(BaseModel):
         """``mode='loss'``: ``dict(loss=...)`` for a random mask; ``mode='tensor'``: ``(prediction,
         mask)``. Images only: ``data_samples`` is ignored (there are no labels)."""
         if mode not in ('loss', 'tensor'):
-            raise ValueError(f"FCMAE has no {mode!r} mode (it has no predictions to evaluate): use 'loss' or 'tensor'.")
+            raise UsageError(f"FCMAE has no {mode!r} mode (it has no predictions to evaluate): use 'loss' or 'tensor'.")
         mask = self.random_mask(inputs)
         prediction = self.predict_patches(inputs, mask)
         if mode == 'loss':
