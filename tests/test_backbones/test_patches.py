@@ -30,7 +30,8 @@ def registered():
     for name, registry in vars(registries).items():
         if isinstance(registry, registries.Registry):
             for scoped in (registry, *registry.children.values()):
-                found.update({f'{name}/{scoped.scope}/{k}': (id(v), v.__module__) for k, v in scoped.module_dict.items()})
+                for key, value in scoped.module_dict.items():
+                    found[f'{name}/{scoped.scope}/{key}'] = (id(value), value.__module__)
     return found
 
 before, names_before = snapshot(), registered()
