@@ -199,7 +199,7 @@ def summary_text(results: list[dict], total_seconds: float, work_dir: Path) -> s
                      f'{cells[2]:>8} {cells[3]:>6}')
     lines += ['', f'total {total_seconds / 60:.1f} min on this machine; outputs in {work_dir}/:',
               '  curves.png, predictions.png, <model>/ (checkpoints, train.log, test.log, predictions/)',
-              'Next: README "From the demo to COCO and ADE20K".']
+              'Next: docs/training.md, from the demo to COCO and ADE20K.']
     return '\n'.join(lines)
 
 
