@@ -45,6 +45,7 @@ StateDict = dict[str, torch.Tensor]
 HEAD = 'classifier head and final norm'
 FCMAE_DECODER = 'FCMAE decoder'
 DENSE_PARTS = 'detector/segmentor parts (neck, heads)'
+UNBUILT = 'stages/output norms not built (out_indices, norm_outputs)'
 FCMAE_DECODER_PREFIXES = ('decoder.', 'mask_token', 'proj.', 'pred.')
 MMPRETRAIN_RENAMES = (('.depthwise_conv.', '.dwconv.'), ('.pointwise_conv1.', '.pwconv1.'),
                       ('.pointwise_conv2.', '.pwconv2.'))
@@ -206,8 +207,7 @@ def check_compatible(weights: ConvertedWeights, backbone: nn.Module) -> list[str
 
     Stages after the last of ``out_indices`` and output norms the backbone does not build (stages not
     in ``out_indices``, or ``norm_outputs=False``) are moved to ``weights.leftovers``. Only the output norms may be
-    missing, and only when the
-    checkpoint has none (classification and pre-training checkpoints).
+    missing, and only when the checkpoint has none (classification and pre-training checkpoints).
 
     Raises:
         CheckpointError: A key without a place in ``backbone``, a shape mismatch, or a missing key,
@@ -219,7 +219,7 @@ def check_compatible(weights: ConvertedWeights, backbone: nn.Module) -> list[str
         re.match(r'stages\.\d\.', k) and int(k.split('.')[1]) >= len(backbone.stages)
         or re.match(r'out_norms\.\d\.', k))]
     if unbuilt:
-        weights.leftovers['stages/output norms not built (out_indices, norm_outputs)'] = unbuilt
+        weights.leftovers[UNBUILT] = unbuilt
         weights.backbone = given = {k: v for k, v in given.items() if k not in unbuilt}
     arch = f'the backbone is {backbone.version} depths {backbone.depths} dims {backbone.dims}'
     hint = _version_hint(given, expected)

@@ -39,9 +39,11 @@ def cases(result: dict) -> list[tuple[str, str]]:
 
 def assert_consistent_timings(rows: list[dict], batch: int) -> None:
     for row in rows:
-        assert 0 < row['p50_ms'] <= row['p90_ms'], row
+        assert row['p50_ms'] > 0, row
         assert row['images_per_s'] == pytest.approx(batch * 1000 / row['p50_ms']), row
-        assert row['batch'] == batch and row['shape'] == '64x64' and row['peak_mb'] >= 0, row
+        assert row['batch'] == batch and row['shape'] == '64x64', row
+        if row['model'].endswith('train step'):  # gradients and optimizer state are new memory
+            assert row['peak_mb'] > 0, row
 
 
 def test_detector_inference_and_training_rows(monkeypatch, tmp_path, capsys) -> None:
@@ -108,7 +110,9 @@ def test_a_missing_config_is_one_error_line() -> None:
     result = subprocess.run([sys.executable, TOOL, 'configs/demo/nowhere.py'], capture_output=True, text=True, env=ENV)
     assert result.returncode != 0
     assert 'Traceback' not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == 'error: config not found: configs/demo/nowhere.py'
+    assert result.stderr.strip().splitlines()[-1] == (
+        'error: Config not found: configs/demo/nowhere.py. Give the path of a config file, '
+        'e.g. configs/demo/mask_rcnn_convnext_demo.py.')
 
 
 @pytest.mark.parametrize('options, message', [

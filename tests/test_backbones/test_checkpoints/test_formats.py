@@ -6,7 +6,13 @@ import timm
 import torch
 
 from backbones import CheckpointError, ConvNeXt, load_backbone_weights
-from backbones.checkpoints.formats import _fcmae_to_official, convert_state_dict, load_exactly, unwrap_state_dict
+from backbones.checkpoints.formats import (
+    UNBUILT,
+    _fcmae_to_official,
+    convert_state_dict,
+    load_exactly,
+    unwrap_state_dict,
+)
 from tests.helpers import TINY_ARCH, randomize, to_fcmae, to_mmpretrain, to_official
 
 
@@ -111,9 +117,13 @@ def test_unbuilt_stages_and_norms_are_leftovers(tmp_path) -> None:
     source = source_backbone('v1')
     path = tmp_path / 'dense.pth'
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in source.state_dict().items()}}, path)
-    partial = ConvNeXt(arch=TINY_ARCH, out_indices=(1, 2), init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    partial.init_weights()
-    torch.testing.assert_close(partial.out_norms[2].weight, source.out_norms[2].weight)
+    partial = ConvNeXt(arch=TINY_ARCH, out_indices=(1, 2))
+    weights = load_backbone_weights(partial, str(path), logging.getLogger(__name__))
+    # Stage 3 is not built (no output after stage 2), nor the output norms of stages 0 and 3.
+    assert sorted(weights.leftovers[UNBUILT]) == sorted(
+        k for k in source.state_dict() if k.startswith(('stages.3.', 'out_norms.0.', 'out_norms.3.')))
+    for name, value in partial.state_dict().items():
+        torch.testing.assert_close(value, source.state_dict()[name], rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize('target, message', [
