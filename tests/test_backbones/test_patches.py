@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import torch
+import torchvision
 from mmcv.ops import RoIAlign, nms
 
 SNAPSHOT = r'''
@@ -82,22 +83,25 @@ def test_roi_align_takes_bf16_features_and_returns_them_in_bf16() -> None:
     rois = torch.tensor([[0, 1.0, 2.0, 20.0, 15.0], [1, 4.5, 3.0, 30.0, 22.5], [1, 0.0, 0.0, 8.0, 8.0]])
     roi_align = RoIAlign((7, 7), spatial_scale=1.0, sampling_ratio=2, aligned=True)
     pooled = roi_align(features, rois)
+    # The reference is torchvision's RoIAlign (not mmcv's), in fp32 on the same bf16 values.
     reference_input = features.detach().float().requires_grad_()
-    reference = roi_align(reference_input, rois)
+    reference = torchvision.ops.roi_align(reference_input, rois, (7, 7), spatial_scale=1.0, sampling_ratio=2,
+                                          aligned=True)
     assert pooled.dtype == torch.bfloat16
-    torch.testing.assert_close(pooled, reference.bfloat16(), rtol=0, atol=0)  # the fp32 kernel, rounded once
+    torch.testing.assert_close(pooled.float(), reference, rtol=2**-8, atol=1e-6)  # within bf16's rounding
 
     pooled.float().sum().backward()
     reference.sum().backward()
     assert features.grad.dtype == torch.bfloat16
-    torch.testing.assert_close(features.grad, reference_input.grad.bfloat16(), rtol=0, atol=0)
+    torch.testing.assert_close(features.grad.float(), reference_input.grad, rtol=2**-8, atol=1e-6)
 
 
 def test_nms_takes_bf16_boxes_and_scores() -> None:
     generator = torch.Generator().manual_seed(0)
     xy = torch.rand(200, 2, generator=generator) * 100
     boxes = torch.cat([xy, xy + 5 + torch.rand(200, 2, generator=generator) * 30], 1).bfloat16()
-    scores = torch.rand(200, generator=generator).bfloat16()
+    scores = ((torch.randperm(200, generator=generator) + 1) / 256).bfloat16()  # distinct, exact in bf16: no ties
     kept, indices = nms(boxes, scores, iou_threshold=0.5)
-    _, reference = nms(boxes.float(), scores.float(), iou_threshold=0.5)
+    reference = torchvision.ops.nms(boxes.float(), scores.float(), iou_threshold=0.5)  # a peer's kernel, in fp32
     assert torch.equal(indices, reference) and 0 < len(indices) < 200
+    assert kept.dtype == torch.bfloat16 and torch.equal(kept[:, :4], boxes[indices])
