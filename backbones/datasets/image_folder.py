@@ -55,7 +55,7 @@ class ImageFolderDataset(BaseDataset):
 
     def load_data_list(self) -> list[dict]:
         """The image files of the folder tree."""
-        folder = self.data_prefix['img_path'] or self.data_root
+        folder = osp.normpath(self.data_prefix['img_path'] or self.data_root)
         if not osp.isdir(folder):
             raise DatasetNotFoundError(f'Image folder not found: {folder}. Point --data-root at a folder of images.')
         files = sorted(list_dir_or_file(folder, list_dir=False, suffix=IMAGE_SUFFIXES + tuple(
