@@ -147,6 +147,22 @@ def test_detection_schedule_and_augmentation() -> None:
     assert cfg.model.roi_head.stage_loss_weights == [1, 0.5, 0.25]
 
 
+def test_spelled_out_lists_equal_what_they_copy() -> None:
+    """Where mmengine's inheritance forces a copied list, the copy is what the config says it copies."""
+    from mmengine.utils import get_installed_path
+
+    ours = Config.fromfile('configs/seg/upernet_convnext_b_in22k.py')
+    mmseg = Config.fromfile(f"{get_installed_path('mmseg')}/.mim/configs/_base_/datasets/ade20k_640x640.py")
+    assert ours.train_dataloader.dataset.pipeline == mmseg.train_pipeline
+    assert ours.test_dataloader.dataset.pipeline == mmseg.test_pipeline
+
+    real, demo = (Config.fromfile(f'configs/{name}.py').model for name in ('det/cascade_convnext_t',
+                                                                             'demo/cascade_convnext_demo'))
+    narrowed = dict(in_channels=64, conv_out_channels=64, fc_out_channels=256, num_classes=4)
+    assert demo.roi_head.bbox_head == [dict(head, **narrowed) for head in real.roi_head.bbox_head]
+    assert demo.train_cfg.rcnn == [dict(stage, sampler=dict(stage.sampler, num=64)) for stage in real.train_cfg.rcnn]
+
+
 def test_segmentation_schedule_heads_and_evaluation() -> None:
     cfg = Config.fromfile('configs/seg/upernet_convnext_t.py')
     assert cfg.train_cfg.max_iters == 160000

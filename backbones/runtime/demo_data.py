@@ -23,10 +23,10 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from mmengine.config import Config
 
-DEMO_CLASSES_CONFIG = Path(__file__).resolve().parents[2] / 'configs' / 'demo' / '_base_' / 'demo_classes.py'
-# The class names (and palettes) are the demo configs' (configs/demo/_base_/demo_classes.py), in the order
+DEMO_COMMON_CONFIG = Path(__file__).resolve().parents[2] / 'configs' / 'demo' / '_base_' / 'demo_common.py'
+# The class names (and palettes) are the demo configs' (configs/demo/_base_/demo_common.py), in the order
 # shape_mask draws them.
-CLASSES = tuple(Config.fromfile(DEMO_CLASSES_CONFIG).demo_classes)
+CLASSES = tuple(Config.fromfile(DEMO_COMMON_CONFIG).demo_classes)
 # Mean BGR colour of each class; instances jitter around it.
 CLASS_COLOURS = np.array([(40, 40, 220), (40, 190, 40), (220, 90, 30), (30, 210, 230)], dtype=np.float32)
 MIN_VISIBLE_FRACTION = 0.35

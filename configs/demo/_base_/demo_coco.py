@@ -1,7 +1,7 @@
 # The built-in demo data in COCO format (backbones/runtime/demo_data.py) and the CPU schedule, for the detection demo
 # configs. The values are named demo_* so that this file can sit beside a real config in `_base_`
 # (mmengine does not allow two bases to define the same key); the demo configs assign them to the real keys.
-_base_ = './demo_classes.py'
+_base_ = './demo_common.py'
 
 demo_data_root = 'data/demo/coco/'
 demo_image_size = (128, 128)
