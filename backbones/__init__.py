@@ -16,13 +16,13 @@ It then calls :func:`backbones.patches.apply_patches`, the one place that change
 The tools' own code (:mod:`backbones.runtime`) is not imported here: a config never needs it.
 """
 from .checkpoints import (
-                          CheckpointError,
-                          ConvertedWeights,
-                          convert_state_dict,
-                          load_backbone_weights,
-                          load_local_checkpoint,
-                          read_checkpoint,
-                          read_checkpoint_file,
+    CheckpointError,
+    ConvertedWeights,
+    convert_state_dict,
+    load_backbone_weights,
+    load_local_checkpoint,
+    read_checkpoint,
+    read_checkpoint_file,
 )
 from .checkpoints.training import ConvNeXtDenseCheckpointHook, ConvNeXtDenseRunner
 from .datasets.image_folder import ImageFolderDataset
