@@ -1,6 +1,6 @@
 """Loads mutated checkpoints one after another, for tests/test_checkpoints/test_fuzz.py (run as a subprocess).
 
-    python -m tests.test_checkpoints.fuzz_worker SEED_DIR FIRST COUNT REPORT
+    python -m tests.test_backbones.test_checkpoints.fuzz_worker SEED_DIR FIRST COUNT REPORT
 
 For case numbers FIRST to FIRST+COUNT-1 it writes ``<case> start`` before loading, then ``<case> data`` or
 ``<case> refused`` after, to REPORT (flushed, so that a crash shows which case it was); any other exception

@@ -17,6 +17,7 @@ from mmengine.logging import HistoryBuffer
 
 from backbones.checkpoints.training import plain_data
 
+WORKER = 'tests.test_backbones.test_checkpoints.fuzz_worker'
 CASES = 3000
 WORKER_TIMEOUT_S = 240
 
@@ -49,9 +50,9 @@ def test_mutated_checkpoints_give_data_or_one_line(tmp_path) -> None:
     outcomes: dict[int, str] = {}
     next_case = 0
     while next_case < CASES:
-        result = subprocess.run([sys.executable, '-m', 'tests.test_checkpoints.fuzz_worker', str(seeds), str(next_case),
-                                 str(CASES - next_case), str(report)], capture_output=True, text=True, env=env,
-                                timeout=WORKER_TIMEOUT_S)
+        result = subprocess.run([sys.executable, '-m', WORKER, str(seeds), str(next_case), str(CASES - next_case),
+                                 str(report)], capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S)
+        assert report.exists(), result.stderr[-3000:]  # the worker started and reached its first case
         for line in report.read_text().splitlines():
             case, outcome = line.split(' ', 1)
             outcomes[int(case)] = outcome
