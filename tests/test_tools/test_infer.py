@@ -157,7 +157,8 @@ def test_unusable_arguments_are_one_error_line(demo, tmp_path, monkeypatch, caps
         expected = f'error: Cannot load {checkpoint}: it is a PNG image, not a checkpoint.'
     elif case == 'missing config':
         config = 'configs/demo/no_such_config.py'
-        expected = f'error: config not found: {config}'
+        expected = (f'error: Config not found: {config}. Give the path of a config file, '
+                    'e.g. configs/demo/mask_rcnn_convnext_demo.py.')
     elif case == 'no C++ compiler':
         pattern, flags = str(demo / 'images'), ['--compile']
         expected = ('error: --compile on a CPU needs a C++ compiler (torch.compile builds its kernels with it): '

@@ -142,7 +142,7 @@ def test_buildable_from_mmdet_and_mmseg_registries(scope: str) -> None:
         backbone = MODELS.build(dict(type='ConvNeXt', arch=TINY_ARCH, version='v2'))
         constructor_cls = OPTIM_WRAPPER_CONSTRUCTORS.get('LRDecayOptimWrapperConstructor')
     assert type(backbone) is ConvNeXt and backbone.version == 'v2'
-    assert constructor_cls.__module__ == 'backbones.layer_decay'
+    assert constructor_cls.__module__ == 'backbones.engine.layer_decay'
 
 
 LAYOUT_CASES = {
