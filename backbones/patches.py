@@ -16,7 +16,7 @@ library's globals. What each patch does, and why no plugin point serves instead:
 4. ``mmcv.ops.RoIAlign.forward`` and ``mmcv.ops.nms.NMSop.forward``: on a CPU, bf16/fp16 inputs go in as
    fp32 and a floating result comes back in the input's dtype. mmcv 2.1's CPU kernels accept fp32 only
    (``"ROIAlign_forward" not implemented for 'BFloat16'``), and mmdet calls them from deep inside its
-   heads, so bf16 training and inference on CPUs (:mod:`backbones.precision`) need every instance
+   heads, so bf16 training and inference on CPUs (:mod:`backbones.engine.autocast`) need every instance
    changed; fp32 inputs and CUDA tensors pass through unchanged.
 
 Each is pinned by a test in ``tests/test_backbones/test_patches.py`` that fails without it.

@@ -71,7 +71,7 @@ build_mmcv_wheel() {
         cuda_env=(FORCE_CUDA=1)
     fi
     log "building mmcv $mmcv_version with its $mmcv_device ops (CFLAGS='$build_cflags', MAX_JOBS=${MAX_JOBS:-$(nproc)})"
-    log "this is done once per machine: about 20 minutes on 2 cores; the wheel is cached in $out_dir"
+    log "this is done once per machine (measured times: docs/installation.md); the wheel is cached in $out_dir"
     local start=$SECONDS
     env MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="$build_cflags" CXXFLAGS="$build_cflags" \
         "${cuda_env[@]}" \

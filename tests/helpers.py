@@ -21,10 +21,22 @@ StateDict = dict[str, torch.Tensor]
 
 
 def randomize(module: torch.nn.Module) -> torch.nn.Module:
-    """Random weights everywhere, zero-initialised GRN, LayerScale and norms included."""
+    """Random weights everywhere (std 0.02, vectors 0.2), zero-initialised GRN, LayerScale and norms included."""
     for param in module.parameters():
         torch.nn.init.normal_(param, std=0.02 if param.ndim > 1 else 0.2)
     return module
+
+
+def randomize_at_fan_in_scale(model: torch.nn.Module) -> None:
+    """Random weights of the scale a trained network has (std 1/sqrt(fan-in)); norms, biases and LayerScale moved
+    off their constant init by noise of 0.1, so that two models compared on them give features of the usual size."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim > 1:
+                param.copy_(torch.randn(param.shape, generator=generator) / param[0].numel()**0.5)
+            else:
+                param.add_(0.1 * torch.randn(param.shape, generator=generator))
 
 
 def official_name(key: str) -> str:

@@ -7,34 +7,27 @@ cascade stage, box and mask), the segmentor's logits. Neither side was written h
 feature layout (as mmcv's RoIAlign reading channels_last features as NCHW) or a mis-mapped weight
 shows up as a difference.
 """
-import os.path as osp
 from pathlib import Path
 
+import mmpretrain.models  # noqa: F401  registers mmpretrain.ConvNeXt, the peers' backbone
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
-from mmengine.utils import get_installed_path
 
 import backbones  # noqa: F401  registers ConvNeXt
-import mmpretrain.models  # noqa: F401  registers mmpretrain.ConvNeXt, the peers' backbone
 from backbones.checkpoints.formats import load_model_weights
+from backbones.runtime.peers import peer_config
+from tests.helpers import randomize_at_fan_in_scale
 
-DETECTION_PEERS = {
-    'mask_rcnn': ('configs/det/mask_rcnn_convnext_t.py', 'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'),
-    'cascade': ('configs/det/cascade_convnext_t.py',
-                'convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'),
-}
-SEGMENTATION_PEER = ('configs/seg/upernet_convnext_t.py', 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py')
+# Our config -> the model type whose mmdet/mmseg config is its peer (backbones.runtime.peers.MM_PEERS).
+DETECTION_PEERS = {'mask_rcnn': ('configs/det/mask_rcnn_convnext_t.py', 'MaskRCNN'),
+                   'cascade': ('configs/det/cascade_convnext_t.py', 'CascadeRCNN')}
+SEGMENTATION_PEER = ('configs/seg/upernet_convnext_t.py', 'EncoderDecoder')
 IMAGE_SHAPE = (224, 320)
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
-
-
-def peer_config(package: str, relative_path: str) -> Config:
-    """A config shipped inside an installed OpenMMLab package (what ``package::path`` names)."""
-    return Config.fromfile(osp.join(get_installed_path(package), '.mim', 'configs', relative_path))
 
 
 def build(cfg: Config, scope: str) -> torch.nn.Module:
@@ -46,22 +39,10 @@ def build(cfg: Config, scope: str) -> torch.nn.Module:
     return MODELS.build(cfg.model).eval()
 
 
-def randomize(model: torch.nn.Module) -> None:
-    """Random weights of the usual scale; norms, biases and LayerScale off their constant init."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim > 1:
-                fan_in = param[0].numel()
-                param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
-            else:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator))
-
-
-def peer_and_ours(ours_config: str, peer: tuple[str, str], scope: str, tmp_path: Path) -> tuple:
+def peer_and_ours(ours_config: str, peer_type: str, scope: str, tmp_path: Path) -> tuple:
     """The peer model with random weights, and our config's model loaded from the peer's state dict."""
-    peer_model = build(peer_config(*peer), scope)
-    randomize(peer_model)
+    peer_model = build(peer_config(peer_type)[1], scope)
+    randomize_at_fan_in_scale(peer_model)
     path = tmp_path / 'peer.pth'
     torch.save({'state_dict': peer_model.state_dict()}, path)
     our_model = build(Config.fromfile(ours_config), scope)
@@ -98,8 +79,7 @@ def random_proposals(num: int, generator: torch.Generator) -> InstanceData:
 def test_detector_equals_mmdet_convnext_config(detector: str, tmp_path) -> None:
     from mmdet.structures import DetDataSample
 
-    ours_config, peer_path = DETECTION_PEERS[detector]
-    theirs, ours = peer_and_ours(ours_config, ('mmdet', peer_path), 'mmdet', tmp_path)
+    theirs, ours = peer_and_ours(*DETECTION_PEERS[detector], 'mmdet', tmp_path)
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(2, 3, *IMAGE_SHAPE, generator=generator)
     samples = [DetDataSample(metainfo=dict(img_shape=IMAGE_SHAPE, ori_shape=IMAGE_SHAPE, scale_factor=(1.0, 1.0),
@@ -121,8 +101,7 @@ def test_detector_equals_mmdet_convnext_config(detector: str, tmp_path) -> None:
 
 
 def test_upernet_equals_mmseg_convnext_config(tmp_path) -> None:
-    ours_config, peer_path = SEGMENTATION_PEER
-    theirs, ours = peer_and_ours(ours_config, ('mmseg', peer_path), 'mmseg', tmp_path)
+    theirs, ours = peer_and_ours(*SEGMENTATION_PEER, 'mmseg', tmp_path)
     images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     outputs = {}
     with torch.no_grad():

@@ -1,7 +1,6 @@
 """The installed stack: compiled mmcv ops, framework imports and image I/O."""
 
 import numpy as np
-import pytest
 import torch
 import torchvision
 

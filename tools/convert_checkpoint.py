@@ -7,8 +7,9 @@ backbone state dict for ``init_cfg=dict(type='Pretrained', checkpoint=OUT.pth)``
 detector/segmentor checkpoint (e.g. the official ConvNeXt COCO/ADE20K release) becomes a model state
 dict for our configs: ``python tools/test.py CONFIG OUT.pth``; with ``--backbone-only`` only its
 backbone is kept, to initialise another model from it. The input is read as data only
-(``backbones.checkpoints.reader``): objects it pickles besides tensors are left out. An output name ending in ``.safetensors`` writes safetensors (tensors and string metadata only, safe to
-load anywhere); any other name a PyTorch checkpoint.
+(``backbones.checkpoints.reader``): objects it pickles besides tensors are left out. An output name
+ending in ``.safetensors`` writes safetensors (tensors and string metadata only, safe to load anywhere);
+any other name a PyTorch checkpoint.
 """
 import argparse
 import io
@@ -16,9 +17,9 @@ import io
 import safetensors.torch
 import torch
 
-from backbones.checkpoints import CheckpointError
-from backbones.checkpoints.formats import convert_state_dict, read_checkpoint
+from backbones.checkpoints.formats import DENSE_PARTS, convert_state_dict, read_checkpoint
 from backbones.checkpoints.writing import write_atomic
+from backbones.runtime.cli import run_tool
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,12 +32,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    try:
-        weights = convert_state_dict(read_checkpoint(args.input))
-    except (CheckpointError, FileNotFoundError) as error:
-        raise SystemExit(f'error: {error}') from None
+    weights = convert_state_dict(read_checkpoint(args.input))
 
-    if weights.other and not args.backbone_only:  # a whole model: keep its neck and heads
+    keep_dense_parts = bool(weights.other) and not args.backbone_only  # a whole model: keep its neck and heads
+    if keep_dense_parts:
         converted = {**{f'backbone.{k}': v for k, v in weights.backbone.items()}, **weights.other}
     else:
         converted = weights.backbone
@@ -51,9 +50,9 @@ def main() -> None:
 
     print(f'{args.input}: {weights.source_format} format -> {args.output} ({len(converted)} tensors)')
     for reason, names in weights.leftovers.items():
-        if reason != 'detector/segmentor parts (neck, heads)':
+        if not (reason == DENSE_PARTS and keep_dense_parts):
             print(f'  dropped ({reason}): {len(names)} tensors, e.g. {names[0]}')
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

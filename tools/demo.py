@@ -5,7 +5,7 @@
                          [--precision fp32|bf16|auto]
                          [--work-dir work_dirs/demo]
 
-1. tools/demo_data.py generates data/demo/ once: 480 + 100 shape scenes in COCO and ADE20K layouts.
+1. backbones/runtime/demo_data.py generates data/demo/ once: 480 + 100 shape scenes in COCO and ADE20K layouts.
 2. UperNet trains from scratch (tools/train.py) and is evaluated (tools/test.py, mIoU). Its backbone
    is extracted (tools/convert_checkpoint.py --backbone-only) and stands in for the ImageNet
    weights the paper starts from.
@@ -27,21 +27,16 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+from mmengine.config import Config
 
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
-from mmengine.config import Config  # noqa: E402
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from demo_data import ensure_demo_data  # noqa: E402  (tools/ is on sys.path when run as a script)
+from backbones.runtime.demo_data import ensure_demo_data
+from backbones.runtime.precision import PRECISIONS
 
 TOOLS = Path(__file__).resolve().parent
 PRETRAINED_NAME = 'convnext_demo_pretrained.pth'  # where the detection demo configs look for it
@@ -80,7 +75,7 @@ MODELS = [
 PROGRESS = re.compile(r'(?:Iter|Epoch)\(train\)\s+(?:\[(\d+)\])?\[\s*(\d+)/(\d+)\].*?loss: ([\d.]+)')
 
 
-def run_tool(args: list[str], log_path: Path, label: str, epochs: int = 1) -> None:
+def run_step(args: list[str], log_path: Path, label: str, epochs: int = 1) -> None:
     """Run a tool, log its output to ``log_path`` and show one progress line that updates in place.
 
     ``epochs`` is the number of training epochs of an epoch-based run, for the progress total.
@@ -128,16 +123,17 @@ def train_and_test(model: Model, work_dir: Path, data_root: Path, quick: bool, p
         options += FROM_FCMAE
     if from_fcmae or model.key != 'upernet':
         options.append(f'model.backbone.init_cfg.checkpoint={pretrained}')
-    common = ['--work-dir', str(model_dir), '--data-root', f'{data}/', *(['--cfg-options', *options] if options else [])]
+    common = ['--work-dir', str(model_dir), '--data-root', f'{data}/']
+    common += ['--cfg-options', *options] if options else []
     overrides = dict(option.split('=', 1) for option in options)
     epochs = int(overrides.get('train_cfg.max_epochs') or Config.fromfile(model.config).train_cfg.get('max_epochs', 1))
     start = time.time()
-    run_tool([str(TOOLS / 'train.py'), model.config, *common, '--precision', precision], model_dir / 'train.log',
+    run_step([str(TOOLS / 'train.py'), model.config, *common, '--precision', precision], model_dir / 'train.log',
              f'{model.title}: training', epochs)
     train_seconds = time.time() - start
     train_run = latest_run(model_dir)
     checkpoint = (model_dir / 'last_checkpoint').read_text().strip()
-    run_tool([str(TOOLS / 'test.py'), model.config, checkpoint, *common, '--precision', precision,
+    run_step([str(TOOLS / 'test.py'), model.config, checkpoint, *common, '--precision', precision,
               '--show-dir', str(model_dir / 'predictions')],
              model_dir / 'test.log', f'{model.title}: evaluation')
     test_run = latest_run(model_dir)
@@ -149,7 +145,8 @@ def train_and_test(model: Model, work_dir: Path, data_root: Path, quick: bool, p
 
 def plot_curves(results: list[dict], path: Path) -> None:
     """Training loss and validation metrics of every model, against the fraction of its training done."""
-    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))  # no pyplot: no global backend or figure state
+    loss_axis, metric_axis = figure.subplots(1, 2)
     for result in results:
         train = [s for s in result['scalars'] if 'loss' in s]
         epochs = max((s.get('epoch', 0) for s in train), default=0)  # validation steps count epochs then
@@ -167,7 +164,6 @@ def plot_curves(results: list[dict], path: Path) -> None:
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def prediction_montage(results: list[dict], path: Path, per_model: int = 3) -> None:
@@ -203,7 +199,7 @@ def summary_text(results: list[dict], total_seconds: float, work_dir: Path) -> s
                      f'{cells[2]:>8} {cells[3]:>6}')
     lines += ['', f'total {total_seconds / 60:.1f} min on this machine; outputs in {work_dir}/:',
               '  curves.png, predictions.png, <model>/ (checkpoints, train.log, test.log, predictions/)',
-              'Next: README "From the demo to COCO and ADE20K".']
+              'Next: docs/training.md, from the demo to COCO and ADE20K.']
     return '\n'.join(lines)
 
 
@@ -213,10 +209,10 @@ def pretrain_fcmae(work_dir: Path, data_root: Path, quick: bool, pretrained: Pat
     fcmae_dir = work_dir / 'fcmae'
     options = ['--cfg-options', *FCMAE_QUICK] if quick else []
     epochs = 1 if quick else Config.fromfile(FCMAE_CONFIG).train_cfg.max_epochs
-    run_tool([str(TOOLS / 'train.py'), FCMAE_CONFIG, '--work-dir', str(fcmae_dir), '--data-root',
+    run_step([str(TOOLS / 'train.py'), FCMAE_CONFIG, '--work-dir', str(fcmae_dir), '--data-root',
               f'{data_root}/coco/train/', *options], fcmae_dir / 'train.log', 'FCMAE: pre-training', epochs)
     checkpoint = (fcmae_dir / 'last_checkpoint').read_text().strip()
-    run_tool([str(TOOLS / 'convert_checkpoint.py'), checkpoint, str(pretrained), '--backbone-only'],
+    run_step([str(TOOLS / 'convert_checkpoint.py'), checkpoint, str(pretrained), '--backbone-only'],
              fcmae_dir / 'convert.log', 'extracting the backbone')
 
 
@@ -229,7 +225,7 @@ def parse_args() -> argparse.Namespace:
                         help='where the backbone the detectors start from comes from: the UperNet demo trained '
                              'with labels, or FCMAE self-supervised pre-training (then UperNet starts from it too)')
     parser.add_argument('--quick', action='store_true', help='a few iterations on 64 images (smoke test)')
-    parser.add_argument('--precision', choices=['fp32', 'bf16', 'auto'], default='fp32',
+    parser.add_argument('--precision', choices=[p for p in PRECISIONS if p != 'fp16'], default='fp32',
                         help='of training and evaluation (auto: bf16 where the CPU computes it natively)')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     return parser.parse_args()
@@ -256,7 +252,7 @@ def main() -> None:
         results.append(train_and_test(model, work_dir, data_root, args.quick, pretrained, args.precision,
                                       from_fcmae))
         if model.key == 'upernet' and not from_fcmae:
-            run_tool([str(TOOLS / 'convert_checkpoint.py'), results[-1]['checkpoint'], str(pretrained),
+            run_step([str(TOOLS / 'convert_checkpoint.py'), results[-1]['checkpoint'], str(pretrained),
                       '--backbone-only'], work_dir / 'upernet' / 'convert.log', 'extracting the backbone')
 
     plot_curves(results, work_dir / 'curves.png')

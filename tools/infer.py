@@ -38,30 +38,29 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+import cv2
+import mmcv
+import numpy as np
+from mmdet.apis import DetInferencer
+from mmdet.apis.det_inferencer import IMG_EXTENSIONS
+from mmdet.structures.mask import encode_mask_results
+from mmengine.config import Config
+from mmengine.infer import BaseInferencer
+from mmengine.logging import MMLogger
+from mmengine.registry import DATASETS
+from mmengine.structures import BaseDataElement
+from mmengine.utils import ProgressBar
+from mmseg.apis import MMSegInferencer
 
-import cv2  # noqa: E402
-import mmcv  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mmdet.apis import DetInferencer  # noqa: E402
-from mmdet.apis.det_inferencer import IMG_EXTENSIONS  # noqa: E402
-from mmdet.structures.mask import encode_mask_results  # noqa: E402
-from mmengine.config import Config  # noqa: E402
-from mmengine.infer import BaseInferencer  # noqa: E402
-from mmengine.logging import MMLogger  # noqa: E402
-from mmengine.registry import DATASETS  # noqa: E402
-from mmengine.structures import BaseDataElement  # noqa: E402
-from mmengine.utils import ProgressBar  # noqa: E402
-from mmseg.apis import MMSegInferencer  # noqa: E402
+from backbones.checkpoints.formats import load_model_weights
+from backbones.errors import UsageError
+from backbones.runtime import cli
+from backbones.runtime.config import enable_tta, load_config
+from backbones.runtime.device import resolve_device, unwrap_model
+from backbones.runtime.inference import prepare_inference
+from backbones.runtime.precision import resolve_precision
 
-from backbones.checkpoints.formats import load_model_weights  # noqa: E402
-from backbones.checkpoints import CheckpointError  # noqa: E402
-from backbones.inference import prepare_inference  # noqa: E402
-from backbones.runtime import PRECISIONS, DictAction, enable_tta, load_config  # noqa: E402
-from backbones.runtime import default_device, resolve_precision, unwrap_model  # noqa: E402
-
-INFERENCERS = {'mmdet': DetInferencer, 'mmseg': MMSegInferencer}  # by the config's default_scope
+INFERENCERS = {'detection': DetInferencer, 'segmentation': MMSegInferencer}
 # FFmpeg's own messages about a file it cannot read would add lines to our one warning line.
 os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')
 
@@ -99,13 +98,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=1, help='images per model call (default 1)')
     parser.add_argument('--score-thr', type=float, default=0.3, help='detection: lowest score kept (default 0.3)')
     parser.add_argument('--tta', action='store_true', help="the config's test-time augmentation (segmentation)")
-    parser.add_argument('--precision', choices=PRECISIONS, default='auto',
-                        help='auto (default): fp16 on CUDA, bf16 on CPUs that compute it natively, else fp32')
-    parser.add_argument('--channels-last', action='store_true', help='convolutions in channels_last (NHWC)')
-    parser.add_argument('--compile', action='store_true', help='torch.compile the backbone (many images)')
-    parser.add_argument('--device', default=default_device(),
-                        help='cpu, cuda, cuda:1, ... (default cuda where available)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
+    cli.add_precision(parser, default='auto', default_help="auto, the machine's fastest")
+    cli.add_inference_options(parser)
+    cli.add_device(parser)
+    cli.add_config_options(parser)
     args = parser.parse_args()
     if args.batch_size < 1:
         parser.error('--batch-size must be at least 1')
@@ -230,7 +226,7 @@ def build_inferencer(cfg: Config, checkpoint: str, device: str) -> BaseInference
     """
     with warnings.catch_warnings():  # both warn that no weights were given: they are loaded below
         warnings.filterwarnings('ignore', message='(Checkpoint is not loaded|weights is None)')
-        inferencer = INFERENCERS[cfg.default_scope](model=cfg, device=device)
+        inferencer = INFERENCERS[cli.task_of(cfg)](model=cfg, device=device)
     load_model_weights(unwrap_model(inferencer.model), checkpoint, MMLogger.get_current_instance())
     metainfo = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
     inferencer.visualizer.dataset_meta = dict(classes=metainfo['classes'], palette=metainfo.get('palette'))
@@ -285,37 +281,26 @@ def run(inferencer: BaseInferencer, files: list[InputFile], out: Path, batch_siz
 
 def main() -> None:
     args = parse_args()
-    if not os.path.isfile(args.config):
-        raise SystemExit(f'error: config not found: {args.config}')
     cfg = load_config(args.config, args.cfg_options)
-    if cfg.get('default_scope') not in INFERENCERS:
-        raise SystemExit(f"error: {args.config} is not an mmdet or mmseg config (default_scope "
-                         f"{cfg.get('default_scope')!r})")
+    if cli.task_of(cfg) not in INFERENCERS:
+        raise UsageError(f'{args.config} is not a detection or segmentation config: infer.py runs those.')
     if args.tta:
-        try:
-            enable_tta(cfg)
-        except ValueError as error:
-            raise SystemExit(f'error: {error}') from None
+        enable_tta(cfg)
     cfg.test_dataloader.dataset.pipeline = without_annotation_loading(cfg.test_dataloader.dataset.pipeline)
     cfg.visualizer.vis_backends = []  # each drawing goes to its own out_file; a backend would want a save_dir
 
     files, unmatched = find_inputs(args.inputs)
     if len(unmatched) == len(args.inputs):
-        raise SystemExit(f'error: nothing to run on: {"; ".join(unmatched)}')
+        raise UsageError(f'nothing to run on: {"; ".join(unmatched)}')
     for problem in unmatched:
         warn(f'skipping {problem}')
-    try:
-        precision = resolve_precision(args.precision, args.device)
-        inferencer = build_inferencer(cfg, args.checkpoint, args.device)
-    except (ValueError, CheckpointError, FileNotFoundError) as error:
-        raise SystemExit(f'error: {error}') from None
-    try:
-        prepare_inference(inferencer.model, precision, args.channels_last, args.compile)
-    except ValueError as error:
-        raise SystemExit(f'error: {error}') from None
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    inferencer = build_inferencer(cfg, args.checkpoint, str(device))
+    prepare_inference(inferencer.model, precision, args.channels_last, args.compile)
     if not run(inferencer, files, Path(args.out), args.batch_size, args.score_thr):
-        raise SystemExit('error: no input could be read as an image')
+        raise UsageError('no input could be read as an image')
 
 
 if __name__ == '__main__':
-    main()
+    cli.run_tool(main)

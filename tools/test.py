@@ -12,25 +12,22 @@ visualisation per image, --tta runs the config's test-time augmentation (segment
 1.75 with flip). --precision (default fp32, the exact scores): bf16 or fp16 run the model under
 autocast; auto is fp16 on CUDA, bf16 on a CPU that computes it natively, fp32 on other CPUs.
 --channels-last runs the convolutions in NHWC, --compile torch.compiles the backbone (the first image of
-each new size compiles; for long evaluations); README "Speed" has what each buys. On a CPU, RoIAlign
-always runs on all cores (backbones/inference.py).
+each new size compiles; for long evaluations); docs/speed.md has what each buys. On a CPU,
+RoIAlign always runs on all cores (backbones/runtime/inference.py).
 """
 import argparse
 import os.path as osp
-import warnings
 
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+from mmengine.config import Config
+from mmengine.registry import RUNNERS
 
-from mmengine.config import Config  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-from backbones.checkpoints.formats import load_model_weights  # noqa: E402
-from backbones.checkpoints import CheckpointError  # noqa: E402
-from backbones.inference import prepare_inference  # noqa: E402
-from backbones.runtime import DatasetNotFoundError, DictAction, adapt_to_cpu, check_datasets, load_config  # noqa: E402
-from backbones.runtime import PRECISIONS, default_device, enable_tta, resolve_precision, set_data_root  # noqa: E402
-from backbones.runtime import unwrap_model  # noqa: E402
+from backbones.checkpoints.formats import load_model_weights
+from backbones.errors import UsageError
+from backbones.runtime import cli
+from backbones.runtime.config import check_datasets, enable_tta, load_config, set_data_root
+from backbones.runtime.device import adapt_to_cpu, default_device, unwrap_model
+from backbones.runtime.inference import prepare_inference
+from backbones.runtime.precision import resolve_precision
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,22 +38,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--out', help='write raw results: a .pkl file (detection) or a folder (segmentation)')
     parser.add_argument('--show-dir', help='write a visualisation of every prediction to this folder')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (multi-scale + flip)')
-    parser.add_argument('--precision', choices=PRECISIONS, default='fp32', help='autocast the model (default fp32)')
-    parser.add_argument('--channels-last', action='store_true', help='convolutions in channels_last (NHWC)')
-    parser.add_argument('--compile', action='store_true', help='torch.compile the backbone (long evaluations)')
-    parser.add_argument('--data-root', help='dataset folder instead of the config\'s')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local-rank', '--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+    cli.add_precision(parser, default='fp32', default_help='fp32, the exact scores')
+    cli.add_inference_options(parser)
+    cli.add_data_root(parser)
+    cli.add_config_options(parser)
+    cli.add_launcher(parser)
     return parser.parse_args()
 
 
 def enable_outputs(cfg: Config, out: str | None, show_dir: str | None) -> None:
     """Raw-result dumping and visualisation, in the way each framework names them."""
-    is_det = cfg.default_scope == 'mmdet'
+    is_det = cli.task_of(cfg) == 'detection'
     if out and is_det:
         if not out.endswith(('.pkl', '.pickle')):
-            raise SystemExit('error: --out for detection must be a .pkl file')
+            raise UsageError(f'--out for detection must be a .pkl file, got {out}.')
         cfg.test_evaluator = [*(cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]),
                               dict(type='DumpDetResults', out_file_path=out)]
     elif out:
@@ -77,30 +72,18 @@ def main() -> None:
     cfg.load_from = None  # loaded below, strictly and in any supported format
     enable_outputs(cfg, args.out, args.show_dir)
     if args.tta:
-        try:
-            enable_tta(cfg)
-        except ValueError as error:
-            raise SystemExit(f'error: {error}') from None
+        enable_tta(cfg)
     if args.data_root:
         set_data_root(cfg, args.data_root)
-    try:
-        precision = resolve_precision(args.precision, default_device())
-        check_datasets(cfg, ['test'])
-    except (ValueError, DatasetNotFoundError) as error:
-        raise SystemExit(f'error: {error}') from None
+    precision = resolve_precision(args.precision, default_device())
+    check_datasets(cfg, ['test'])
     adapt_to_cpu(cfg)
 
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    try:
-        load_model_weights(unwrap_model(runner.model), args.checkpoint, runner.logger)
-    except (CheckpointError, FileNotFoundError) as error:
-        raise SystemExit(f'error: {error}') from None
-    try:
-        prepare_inference(runner.model, precision, args.channels_last, args.compile)
-    except ValueError as error:
-        raise SystemExit(f'error: {error}') from None
+    runner = RUNNERS.build(cfg)
+    load_model_weights(unwrap_model(runner.model), args.checkpoint, runner.logger)
+    prepare_inference(runner.model, precision, args.channels_last, args.compile)
     runner.test()
 
 
 if __name__ == '__main__':
-    main()
+    cli.run_tool(main)

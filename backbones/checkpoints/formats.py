@@ -37,11 +37,15 @@ from timm.models.convnext import ConvNeXt as TimmConvNeXt
 from timm.models.convnext import checkpoint_filter_fn
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 StateDict = dict[str, torch.Tensor]
 
+# Reasons in ConvertedWeights.leftovers that callers test for.
 HEAD = 'classifier head and final norm'
+FCMAE_DECODER = 'FCMAE decoder'
+DENSE_PARTS = 'detector/segmentor parts (neck, heads)'
+UNBUILT = 'stages/output norms not built (out_indices, norm_outputs)'
 FCMAE_DECODER_PREFIXES = ('decoder.', 'mask_token', 'proj.', 'pred.')
 MMPRETRAIN_RENAMES = (('.depthwise_conv.', '.dwconv.'), ('.pointwise_conv1.', '.pwconv1.'),
                       ('.pointwise_conv2.', '.pwconv2.'))
@@ -166,15 +170,15 @@ def convert_state_dict(state_dict: StateDict) -> ConvertedWeights:
         if all(k.startswith('head.') for k in other):  # an mmpretrain classifier, not a detector/segmentor
             classifier_head, other = list(other), {}
         elif all(k.startswith(FCMAE_DECODER_PREFIXES) for k in other):  # our FCMAE model (backbones.fcmae)
-            leftovers['FCMAE decoder'], other = list(other), {}
+            leftovers[FCMAE_DECODER], other = list(other), {}
     dense = bool(other)
     if dense:
-        leftovers['detector/segmentor parts (neck, heads)'] = list(other)
+        leftovers[DENSE_PARTS] = list(other)
 
     keys = list(state_dict)
     if any(k.startswith('encoder.') for k in keys):
         source_format = 'fcmae'
-        leftovers['FCMAE decoder'] = [k for k in keys if k.startswith(FCMAE_DECODER_PREFIXES)]
+        leftovers[FCMAE_DECODER] = [k for k in keys if k.startswith(FCMAE_DECODER_PREFIXES)]
         encoder = {k.removeprefix('encoder.'): v for k, v in state_dict.items() if k.startswith('encoder.')}
         backbone, head = _official_to_timm(_fcmae_to_official(encoder))
     elif any('.depthwise_conv.' in k for k in keys):
@@ -184,7 +188,7 @@ def convert_state_dict(state_dict: StateDict) -> ConvertedWeights:
         source_format = 'official'
         backbone, head = _official_to_timm(state_dict)
     elif any(k.startswith('stem.') for k in keys) and any(k.startswith('stages.') for k in keys):
-        source_format = 'fcmae-timm' if 'FCMAE decoder' in leftovers else 'timm'
+        source_format = 'fcmae-timm' if FCMAE_DECODER in leftovers else 'timm'
         head = [k for k in keys if k.startswith(('head.', 'norm_pre.'))]
         # timm builds V2 atto..nano with 1x1-conv MLPs; this backbone uses Linear layers.
         backbone = {k: v.flatten(1) if re.search(r'mlp\.fc\d\.weight$', k) and v.ndim == 4 else v
@@ -202,8 +206,8 @@ def check_compatible(weights: ConvertedWeights, backbone: nn.Module) -> list[str
     """Check ``weights.backbone`` against ``backbone``; return the keys it leaves initialised.
 
     Stages after the last of ``out_indices`` and output norms the backbone does not build (stages not
-    in ``out_indices``, or ``norm_outputs=False``) are moved to ``weights.leftovers``. Only the output norms may be missing, and only when the
-    checkpoint has none (classification and pre-training checkpoints).
+    in ``out_indices``, or ``norm_outputs=False``) are moved to ``weights.leftovers``. Only the output norms may be
+    missing, and only when the checkpoint has none (classification and pre-training checkpoints).
 
     Raises:
         CheckpointError: A key without a place in ``backbone``, a shape mismatch, or a missing key,
@@ -215,7 +219,7 @@ def check_compatible(weights: ConvertedWeights, backbone: nn.Module) -> list[str
         re.match(r'stages\.\d\.', k) and int(k.split('.')[1]) >= len(backbone.stages)
         or re.match(r'out_norms\.\d\.', k))]
     if unbuilt:
-        weights.leftovers['stages/output norms not built (out_indices, norm_outputs)'] = unbuilt
+        weights.leftovers[UNBUILT] = unbuilt
         weights.backbone = given = {k: v for k, v in given.items() if k not in unbuilt}
     arch = f'the backbone is {backbone.version} depths {backbone.depths} dims {backbone.dims}'
     hint = _version_hint(given, expected)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from mmengine.logging import print_log
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .reader import read_checkpoint_file
 
 TIMEOUT_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_TIMEOUT'

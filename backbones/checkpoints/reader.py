@@ -33,7 +33,7 @@ from typing import Any
 import safetensors
 import torch
 
-from .errors import CheckpointError, CheckpointNotFoundError
+from ..errors import CheckpointError, CheckpointNotFoundError
 from .pickle_data import DataUnpickler, Global, PickleDataError, PickleLimits, numpy_calls, ordered_dict
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # what torch's legacy (non-zip) format starts with
@@ -107,7 +107,8 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any) -> torch.Tensor |
 
 def _rebuild_tensor_v2(args: tuple) -> torch.Tensor | None:
     # (storage, offset, size, stride, requires_grad, backward_hooks[, metadata])
-    if not (len(args) in (6, 7) and type(args[4]) is bool and args[5] == {} and (len(args) == 6 or args[6] in (None, {}))):
+    hooks_empty = len(args) == 6 or args[6] in (None, {})
+    if not (len(args) in (6, 7) and type(args[4]) is bool and args[5] == {} and hooks_empty):
         raise PickleDataError('a torch tensor rebuilt with arguments other than a plain tensor has')
     return _tensor(*args[:4])
 

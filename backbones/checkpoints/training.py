@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 from mmengine.hooks import CheckpointHook
-from mmengine.logging import HistoryBuffer, print_log
+from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS, RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .pickle_data import Record
 from .reader import read_checkpoint_file
 from .writing import ATOMIC_BACKEND
@@ -350,8 +350,10 @@ class ConvNeXtDenseRunner(Runner):
                     and all(_kind(state[key]) == _kind(own[key]) for key in own)):
                 raise _fail(path, f'the state of its {type(scheduler).__name__} is not that of the config\'s')
             # Stored as plain data; give each attribute the scheduler's own container type (a Counter of milestones).
-            scheduler.load_state_dict({key: type(own[key])(value) if isinstance(own[key], (dict, list, tuple))
-                                       and type(value) is not type(own[key]) else value for key, value in state.items()})
+            scheduler.load_state_dict({
+                key: type(own[key])(value)
+                if isinstance(own[key], (dict, list, tuple)) and type(value) is not type(own[key]) else value
+                for key, value in state.items()})
 
 
 def _kind(value: Any) -> str:

@@ -12,15 +12,16 @@ test_evaluator = val_evaluator
 
 channels = 64  # FPN and head width
 # Lists replace, not merge, in mmengine configs: the three stages are spelled out, as in the real config
-# but narrower, with 64 sampled RoIs per image instead of 512.
+# but narrower, with 64 sampled RoIs per image instead of 512 (tests/test_configs.py checks that nothing else
+# differs).
 stage_target_stds = [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]
 stage_iou_thresholds = [0.5, 0.6, 0.7]
 model = dict(
     backbone=dict(
-        arch=dict(_delete_=True, depths=(2, 2, 4, 2), dims=(32, 64, 128, 256)),
+        arch={{_base_.demo_arch}},
         drop_path_rate=0.1,
         init_cfg=dict(checkpoint='work_dirs/demo/convnext_demo_pretrained.pth')),
-    neck=dict(in_channels=[32, 64, 128, 256], out_channels=channels),
+    neck=dict(in_channels={{_base_.demo_arch.dims}}, out_channels=channels),
     rpn_head=dict(in_channels=channels, feat_channels=channels),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=channels, roi_layer=dict(sampling_ratio=1)),

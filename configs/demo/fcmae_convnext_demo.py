@@ -1,14 +1,14 @@
-# FCMAE pre-training of the demo backbone on the built-in demo images (tools/demo_data.py), their labels
+# FCMAE pre-training of the demo backbone on the built-in demo images (backbones/runtime/demo_data.py), their labels
 # unused: the paper's recipe (AdamW (0.9, 0.95), warm-up + cosine, mask ratio 0.6 of 32x32 patches,
 # per-patch normalised targets) on 128x128 images, with a narrower decoder, a higher lr and a schedule of
 # minutes on a 2-core CPU. tools/demo.py --pretrain fcmae starts UperNet and the detectors from its backbone.
-_base_ = '../pretrain/fcmae_convnextv2_atto.py'
+_base_ = ['../pretrain/fcmae_convnextv2_atto.py', './_base_/demo_common.py']
 
-model = dict(arch=dict(_delete_=True, depths=(2, 2, 4, 2), dims=(32, 64, 128, 256)), decoder_dim=128)
+model = dict(arch={{_base_.demo_arch}}, decoder_dim=128)
 train_pipeline = [
-    dict(type='RandomResizedCrop', size=128, scale=(0.2, 1.0), interpolation='bicubic'),
+    dict(type='convnext_dense.RandomResizedCrop', size=128, scale=(0.2, 1.0), interpolation='bicubic'),
     dict(type='mmcv.RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackImageInputs'),
+    dict(type='convnext_dense.PackImageInputs'),
 ]
 train_dataloader = dict(
     batch_size=16,

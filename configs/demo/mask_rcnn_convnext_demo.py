@@ -13,10 +13,10 @@ test_evaluator = val_evaluator
 channels = 64  # FPN and head width
 model = dict(
     backbone=dict(
-        arch=dict(_delete_=True, depths=(2, 2, 4, 2), dims=(32, 64, 128, 256)),
+        arch={{_base_.demo_arch}},
         drop_path_rate=0.1,
         init_cfg=dict(checkpoint='work_dirs/demo/convnext_demo_pretrained.pth')),
-    neck=dict(in_channels=[32, 64, 128, 256], out_channels=channels),
+    neck=dict(in_channels={{_base_.demo_arch.dims}}, out_channels=channels),
     rpn_head=dict(in_channels=channels, feat_channels=channels),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=channels, roi_layer=dict(sampling_ratio=1)),

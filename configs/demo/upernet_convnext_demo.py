@@ -1,13 +1,11 @@
-# UperNet on the built-in demo data (tools/demo_data.py): the real UperNet-T recipe (AdamW,
+# UperNet on the built-in demo data (backbones/runtime/demo_data.py): the real UperNet-T recipe (AdamW,
 # stage-wise LR decay, warm-up + poly) on 128x128 scenes, with a small ConvNeXt trained from scratch
 # and narrow heads so that it trains on a 2-core CPU in minutes.
-_base_ = '../seg/upernet_convnext_t.py'
+_base_ = ['../seg/upernet_convnext_t.py', './_base_/demo_common.py']
 
 data_root = 'data/demo/ade'
 crop_size = (128, 128)
-metainfo = dict(
-    classes=('background', 'circle', 'square', 'triangle', 'cross'),
-    palette=[[90, 90, 90], [220, 40, 40], [40, 190, 40], [30, 90, 220], [230, 210, 30]])
+metainfo = dict(classes={{_base_.demo_seg_classes}}, palette={{_base_.demo_seg_palette}})
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
@@ -36,12 +34,11 @@ val_dataloader = dict(
     dataset=dict(dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-demo_arch = dict(depths=(2, 2, 4, 2), dims=(32, 64, 128, 256))
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch=dict(demo_arch, _delete_=True), drop_path_rate=0.1, layer_scale_init_value=1e-6, init_cfg=None),
-    decode_head=dict(in_channels=list(demo_arch['dims']), channels=64, num_classes=5),
-    auxiliary_head=dict(in_channels=demo_arch['dims'][2], channels=32, num_classes=5),
+    backbone=dict(arch={{_base_.demo_arch}}, drop_path_rate=0.1, layer_scale_init_value=1e-6, init_cfg=None),
+    decode_head=dict(in_channels={{_base_.demo_arch.dims}}, channels=64, num_classes=5),
+    auxiliary_head=dict(in_channels=128, channels=32, num_classes=5),  # 128: the width of the third stage
     test_cfg=dict(mode='whole'))
 
 max_iters = 400

@@ -2,19 +2,13 @@
 _base_ = [
     'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py',
     './_base_/convnext_coco_3x.py',
+    '../_base_/convnext_t_backbone.py',
 ]
 # Three stages of 4conv1fc box heads regressing decoded boxes with GIoU; finer target stds per stage.
 stage_target_stds = [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='ConvNeXt',
-        arch='tiny',
-        drop_path_rate=0.4,
-        layer_scale_init_value=1.0,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/convnext_tiny_1k_224.pth')),
-    neck=dict(in_channels=[96, 192, 384, 768]),
+    backbone={{_base_.convnext_t_backbone}},
+    neck=dict(in_channels={{_base_.convnext_t_channels}}),
     roi_head=dict(bbox_head=[
         dict(
             type='ConvFCBBoxHead',

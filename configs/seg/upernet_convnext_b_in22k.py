@@ -1,6 +1,8 @@
 # UperNet, ConvNeXt-B (ImageNet-22K), 640x640: 52.6 / 53.1 mIoU in the paper.
 _base_ = './upernet_convnext_b.py'
-# 640x640 crops from images resized to 2560x640 (mmseg's ade20k_640x640 pipeline).
+# 640x640 crops from images resized to 2560x640: mmseg's _base_/datasets/ade20k_640x640.py pipelines, spelled out
+# because mmengine lets no config inherit two dataset bases nor change one element of a list
+# (tests/test_configs.py checks that they equal mmseg's).
 crop_size = (640, 640)
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -75,7 +75,7 @@ def test_amp_training_with_layer_decay_and_checkpointing() -> None:
 
 def test_random_state_loaded_onto_the_gpu_is_put_back() -> None:
     """mmengine's resume loads checkpoints onto the run's device, the random state included."""
-    from backbones.randomness import get_random_state, set_random_state
+    from backbones.engine.randomness import get_random_state, set_random_state
 
     state = get_random_state()
     drawn = torch.rand(3), torch.rand(3, device='cuda')

@@ -39,9 +39,11 @@ def cases(result: dict) -> list[tuple[str, str]]:
 
 def assert_consistent_timings(rows: list[dict], batch: int) -> None:
     for row in rows:
-        assert 0 < row['p50_ms'] <= row['p90_ms'], row
+        assert row['p50_ms'] > 0, row
         assert row['images_per_s'] == pytest.approx(batch * 1000 / row['p50_ms']), row
-        assert row['batch'] == batch and row['shape'] == '64x64' and row['peak_mb'] >= 0, row
+        assert row['batch'] == batch and row['shape'] == '64x64', row
+        if row['model'].endswith('train step'):  # gradients and optimizer state are new memory
+            assert row['peak_mb'] > 0, row
 
 
 def test_detector_inference_and_training_rows(monkeypatch, tmp_path, capsys) -> None:
@@ -108,17 +110,23 @@ def test_a_missing_config_is_one_error_line() -> None:
     result = subprocess.run([sys.executable, TOOL, 'configs/demo/nowhere.py'], capture_output=True, text=True, env=ENV)
     assert result.returncode != 0
     assert 'Traceback' not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == 'error: config not found: configs/demo/nowhere.py'
+    assert result.stderr.strip().splitlines()[-1] == (
+        'error: Config not found: configs/demo/nowhere.py. Give the path of a config file, '
+        'e.g. configs/demo/mask_rcnn_convnext_demo.py.')
 
 
-@pytest.mark.parametrize('options, message', [
-    (['--precision', 'fp8'], "error: Unknown precision 'fp8': choose one of auto, fp32, bf16, fp16."),
-    (['--precision', 'fp16', '--device', 'cpu'],
-     'error: fp16 needs a GPU: on a CPU use bf16 (or auto, which picks it where the CPU computes it natively).'),
-])
-def test_precision_errors_are_one_line(monkeypatch, options: list[str], message: str) -> None:
+def test_precision_errors_are_one_line(monkeypatch, capsys) -> None:
     # SystemExit with a message: Python prints it alone on stderr and exits with status 1 (as above).
-    monkeypatch.setattr(sys, 'argv', [TOOL, 'configs/demo/upernet_convnext_demo.py', *options])
+    monkeypatch.setattr(sys, 'argv', [TOOL, 'configs/demo/upernet_convnext_demo.py', '--precision', 'fp16',
+                                      '--device', 'cpu'])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(TOOL, run_name='__main__')
-    assert exit_info.value.code == message
+    assert exit_info.value.code == (
+        'error: fp16 needs a GPU: on a CPU use bf16 (or auto, which picks it where the CPU computes it natively).')
+    # A precision that does not exist is argparse's usage error (exit status 2), naming the choices.
+    monkeypatch.setattr(sys, 'argv', [TOOL, 'configs/demo/upernet_convnext_demo.py', '--precision', 'fp8'])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(TOOL, run_name='__main__')
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "error: argument --precision: invalid choice: 'fp8' (choose from 'auto', 'fp32', 'bf16', 'fp16')")

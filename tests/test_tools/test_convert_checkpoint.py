@@ -79,7 +79,8 @@ def test_safetensors_out_and_in(tmp_path, monkeypatch, capsys) -> None:
 
 def test_broken_input_is_one_line(tmp_path, monkeypatch) -> None:
     (tmp_path / 'weights.safetensors').write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": broken')
-    with pytest.raises(SystemExit, match=r'^error: Cannot load .*weights\.safetensors: it is not a valid safetensors file'):
+    message = r'^error: Cannot load .*weights\.safetensors: it is not a valid safetensors file'
+    with pytest.raises(SystemExit, match=message):
         convert(monkeypatch, str(tmp_path / 'weights.safetensors'), str(tmp_path / 'out.pth'))
     (tmp_path / 'photo.pth').write_bytes(b'\xff\xd8\xff\xe0' + bytes(50))
     with pytest.raises(SystemExit, match=r'^error: Cannot load .*photo\.pth: it is a JPEG image, not a checkpoint\.$'):

@@ -12,16 +12,14 @@ Mask R-CNN also trains in bf16 (it must reach the same bars).
 """
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from backbones.runtime import cpu_supports_bf16
-
-ensure_demo_data = runpy.run_path('tools/demo_data.py')['ensure_demo_data']
+from backbones.runtime.demo_data import ensure_demo_data
+from backbones.runtime.precision import cpu_supports_bf16
 
 # config, training options (2 epochs, the second at a tenth of the lr), lowest box AP50 and mask AP on the
 # held-out scenes. Cascade iterations cost three times as much: 200 of them instead of 240.
@@ -32,8 +30,8 @@ DETECTORS = {
                 0.15),  # measured 0.47, 0.28
 }
 # From scratch (no pre-trained backbone); evaluated once, by tools/test.py.
-COMMON_OPTIONS = ['model.backbone.init_cfg=None', 'default_hooks.logger.interval=20', 'val_cfg=None', 'val_dataloader=None',
-                  'val_evaluator=None']
+COMMON_OPTIONS = ['model.backbone.init_cfg=None', 'default_hooks.logger.interval=20', 'val_cfg=None',
+                  'val_dataloader=None', 'val_evaluator=None']
 
 
 @pytest.fixture(scope='module')

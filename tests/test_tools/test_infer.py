@@ -20,9 +20,9 @@ from mmengine.dataset import Compose, pseudo_collate
 from mmengine.registry import MODELS, init_default_scope
 from mmseg.apis import inference_model, init_model
 
-from backbones.runtime import enable_tta
+from backbones.runtime.config import enable_tta
+from backbones.runtime.demo_data import ensure_demo_data
 
-ensure_demo_data = runpy.run_path('tools/demo_data.py')['ensure_demo_data']
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONPATH=str(ROOT))  # this checkout's backbones, not an installed one
 DET_CONFIG = 'configs/demo/mask_rcnn_convnext_demo.py'
@@ -157,7 +157,8 @@ def test_unusable_arguments_are_one_error_line(demo, tmp_path, monkeypatch, caps
         expected = f'error: Cannot load {checkpoint}: it is a PNG image, not a checkpoint.'
     elif case == 'missing config':
         config = 'configs/demo/no_such_config.py'
-        expected = f'error: config not found: {config}'
+        expected = (f'error: Config not found: {config}. Give the path of a config file, '
+                    'e.g. configs/demo/mask_rcnn_convnext_demo.py.')
     elif case == 'no C++ compiler':
         pattern, flags = str(demo / 'images'), ['--compile']
         expected = ('error: --compile on a CPU needs a C++ compiler (torch.compile builds its kernels with it): '

@@ -7,8 +7,7 @@ import sys
 
 import cv2
 
-from tools.demo_data import ensure_demo_data
-
+from backbones.runtime.demo_data import ensure_demo_data
 
 
 def train(config: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -19,11 +18,13 @@ def train(config: str, args: list[str]) -> subprocess.CompletedProcess:
 def test_a_few_hundred_iterations_lower_the_loss_and_write_pictures(tmp_path) -> None:
     ensure_demo_data(tmp_path / 'data', num_train=48, num_val=1, image_size=96, seed=0)
     # Tiny arch and decoder, 96x96 crops (3x3 patches of 32), 300 iterations at batch 8, a fixed lr.
-    result = train('configs/demo/fcmae_convnext_demo.py', ['--data-root', str(tmp_path / 'data' / 'coco' / 'train'), '--work-dir', str(tmp_path / 'work'),
+    result = train('configs/demo/fcmae_convnext_demo.py', [
+                    '--data-root', str(tmp_path / 'data' / 'coco' / 'train'), '--work-dir', str(tmp_path / 'work'),
                     '--cfg-options', 'model.arch.depths=[1,1,2,1]', 'model.arch.dims=[16,32,64,128]',
                     'model.decoder_dim=64', 'train_dataloader.batch_size=8', 'train_dataloader.num_workers=0',
                     'train_dataloader.persistent_workers=False', 'train_dataloader.pin_memory=False',
-                    'train_dataloader.dataset.pipeline.0.size=96', 'train_dataloader.dataset.pipeline.0.scale=[0.5,1.0]',
+                    'train_dataloader.dataset.pipeline.0.size=96',
+                    'train_dataloader.dataset.pipeline.0.scale=[0.5,1.0]',
                     'train_cfg.max_epochs=50',
                     'param_scheduler.0.end=1', 'param_scheduler.1.begin=1', 'param_scheduler.1.end=50',
                     'param_scheduler.1.T_max=49', 'default_hooks.logger.interval=10', 'log_processor.window_size=10',
@@ -42,7 +43,8 @@ def test_a_few_hundred_iterations_lower_the_loss_and_write_pictures(tmp_path) ->
 
 def test_a_missing_or_empty_folder_is_one_line(tmp_path) -> None:
     for folder, message in [(tmp_path / 'missing', 'does not exist'), (tmp_path, 'No images in')]:
-        result = train('configs/pretrain/fcmae_convnextv2_atto.py', ['--data-root', str(folder), '--work-dir', str(tmp_path / 'work')])
+        result = train('configs/pretrain/fcmae_convnextv2_atto.py',
+                       ['--data-root', str(folder), '--work-dir', str(tmp_path / 'work')])
         assert result.returncode != 0
         error = result.stderr.strip().splitlines()[-1]
         assert error.startswith('error: ') and message in error and str(folder) in error, result.stderr[-2000:]

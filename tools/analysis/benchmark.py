@@ -34,9 +34,10 @@ calls the backbone once per crop; training pads to the data preprocessor's ``siz
 
 ``--precision`` applies to our model as ``tools/test.py`` and ``tools/train.py`` apply it: autocast
 around the backbone case and the whole ``test_step`` (predictions back in fp32; on CPUs mmcv's RoIAlign
-and nms compute in fp32, see :mod:`backbones.precision`), and the training precision's optim wrapper
+and nms compute in fp32, see :mod:`backbones.patches`), and the training precision's optim wrapper
 (``set_training_precision``: OptimWrapper, AmpOptimWrapper on CUDA, AutocastOptimWrapper for bf16 on
-CPUs). Our inference cases are prepared as the tools prepare them (:func:`backbones.inference.prepare_inference`:
+CPUs). Our inference cases are prepared as the tools prepare them
+(:func:`backbones.runtime.inference.prepare_inference`:
 on CPUs RoIAlign on all cores; ``--channels-last`` the convolutions in NHWC, ``--compile`` the backbone
 through ``torch.compile``, compiled in the warm-up runs, which ``--warmup`` must cover). The training step takes
 ``--channels-last`` for the backbone only. The peers run in fp32, NCHW and with mmcv's own kernels, as their
@@ -56,54 +57,35 @@ import contextlib
 import ctypes
 import gc
 import json
-import os.path as osp
-import re
 import sys
 import time
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+import numpy as np
+import timm
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.model import revert_sync_batchnorm
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.structures import InstanceData, PixelData
+from mmengine.utils import ProgressBar
+from torch import nn
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from mmengine.config import Config  # noqa: E402
-from mmengine.logging import MMLogger  # noqa: E402
-from mmengine.model import revert_sync_batchnorm  # noqa: E402
-from mmengine.optim import build_optim_wrapper  # noqa: E402
-from mmengine.registry import MODELS, init_default_scope  # noqa: E402
-from mmengine.structures import InstanceData, PixelData  # noqa: E402
-from mmengine.utils import ProgressBar, get_installed_path  # noqa: E402
-from torch import nn  # noqa: E402
+from backbones.checkpoints.formats import load_exactly, load_model_weights
+from backbones.errors import CheckpointError, UsageError
+from backbones.models.convnext import V1_ARCHS, ConvNeXt
+from backbones.runtime import cli
+from backbones.runtime.config import load_config
+from backbones.runtime.device import resolve_device
+from backbones.runtime.inference import feed_channels_last, prepare_inference
+from backbones.runtime.peers import MM_PEERS, TIMM_PEER, peer_config, to_mmpretrain, to_timm_features
+from backbones.runtime.precision import autocast, resolve_precision, set_training_precision
 
-from backbones import ConvNeXt  # noqa: E402
-from backbones.checkpoints.formats import load_exactly, load_model_weights  # noqa: E402
-from backbones.checkpoints import CheckpointError  # noqa: E402
-from backbones.convnext import V1_ARCHS  # noqa: E402
-from backbones.inference import feed_channels_last, prepare_inference  # noqa: E402
-from backbones.runtime import DictAction, autocast, default_device, load_config  # noqa: E402
-from backbones.runtime import resolve_precision, set_training_precision  # noqa: E402
-
-# mmdet's and mmseg's own ConvNeXt-T configs (mmpretrain backbone), by model type, and timm's ConvNeXt-T.
-MM_PEERS = {
-    'MaskRCNN': ('mmdet', 'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'),
-    'CascadeRCNN': ('mmdet', 'convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'),
-    'EncoderDecoder': ('mmseg', 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'),
-}
-TIMM_PEER = 'convnext_tiny'
 PEER_ARCH = ('v1', V1_ARCHS['tiny']['depths'], V1_ARCHS['tiny']['dims'], (0, 1, 2, 3))  # with out_indices
-# Our (timm) backbone names -> mmpretrain's, for ConvNeXt V1; backbones.checkpoint reads them back.
-MMPRETRAIN_NAMES = (
-    (r'^stem\.(\d)\.', r'downsample_layers.0.\1.'),
-    (r'^stages\.(\d)\.downsample\.(\d)\.', r'downsample_layers.\1.\2.'),
-    (r'^stages\.(\d)\.blocks\.(\d+)\.', r'stages.\1.\2.'),
-    (r'\.conv_dw\.', '.depthwise_conv.'),
-    (r'\.mlp\.fc(\d)\.', r'.pointwise_conv\1.'),
-    (r'^out_norms\.(\d)\.', r'norm\1.'),
-)
 BOXES_PER_IMAGE = 3
 MB = 2**20
 COLUMNS = ('model', 'implementation', 'precision', 'batch', 'shape', 'images/s', 'p50 ms', 'p90 ms', 'peak MB',
@@ -117,18 +99,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='input height and width (default: 800 1344 for detection, one crop for segmentation)')
     parser.add_argument('--batch-size', type=int, default=1, help='images per batch (default: 1)')
-    parser.add_argument('--precision', default='auto',
-                        help='auto (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32), fp32, bf16 or fp16')
-    parser.add_argument('--device', default=default_device(), help='cpu or cuda[:N] (default: cuda where available)')
+    cli.add_precision(parser, default='auto', default_help="auto, the machine's fastest")
+    cli.add_device(parser)
     parser.add_argument('--threads', type=int, help='torch CPU threads (torch.set_num_threads)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed runs first, at least 1 (default: 3)')
     parser.add_argument('--repeats', type=int, default=20, help='timed runs (default: 20)')
-    parser.add_argument('--channels-last', action='store_true', help='our convolutions in channels_last (NHWC)')
-    parser.add_argument('--compile', action='store_true', help='torch.compile our backbone (in the warm-up runs)')
+    cli.add_inference_options(parser)
     parser.add_argument('--compare', action='store_true', help='also mmdet\'s/mmseg\'s and timm\'s ConvNeXt-T')
     parser.add_argument('--train', action='store_true', help='also training steps, with and without with_cp')
     parser.add_argument('--json', metavar='OUT', help='write the rows to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
+    cli.add_config_options(parser)
     args = parser.parse_args()
     for name in ('batch_size', 'warmup', 'repeats', 'threads'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -139,20 +119,9 @@ def parse_args() -> argparse.Namespace:
 def default_shape(cfg: Config) -> tuple[int, int]:
     """800x1344 for detection (an 800x1333 COCO image padded to a multiple of 32), the crop size for
     segmentation (one sliding window)."""
-    if cfg.default_scope == 'mmdet':
+    if cli.task_of(cfg) == 'detection':
         return 800, 1344
     return tuple(cfg.model.data_preprocessor.size)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device named on the command line; one ``error:`` line if it cannot be used here."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise SystemExit(f'error: {error}') from None
-    if device.type != 'cpu' and not (device.type == 'cuda' and torch.cuda.is_available()):
-        raise SystemExit(f'error: device {name} is not available: use cpu or, with a CUDA GPU, cuda.')
-    return device
 
 
 def inference(run: Callable[[], Any], precision: str, device: torch.device) -> Callable[[], Any]:
@@ -239,16 +208,6 @@ def initialise(model: nn.Module, cfg: Config, checkpoint: str | None) -> str:
     return 'no CKPT: random init'
 
 
-def to_mmpretrain(backbone_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our ConvNeXt V1 backbone's state dict in mmpretrain's parameter names."""
-    renamed = {}
-    for key, value in backbone_state.items():
-        for pattern, name in MMPRETRAIN_NAMES:
-            key = re.sub(pattern, name, key)
-        renamed[key] = value
-    return renamed
-
-
 def build_peers(cfg: Config, ours: nn.Module, device: torch.device) -> tuple[list[Peer], list[str]]:
     """timm's ConvNeXt-T and the mmdet/mmseg config of our model's type, with our model's weights, on
     ``device``; and one line for each peer that cannot be compared."""
@@ -259,27 +218,24 @@ def build_peers(cfg: Config, ours: nn.Module, device: torch.device) -> tuple[lis
                     'ConvNeXt-T V1, all four stages out); benchmarking ours only.'.format(*arch)]
     backbone_state = backbone.state_dict()
     features = timm.create_model(TIMM_PEER, features_only=True, out_indices=backbone.out_indices)
-    features.load_state_dict({re.sub(r'^(stem|stages)\.(\d)\.', r'\1_\2.', k): v for k, v in backbone_state.items()
-                              if not k.startswith('out_norms.')})
+    features.load_state_dict(to_timm_features(backbone_state))
     peers = [Peer('timm features_only', features.to(device).eval(), None, raw_stages=True)]
     if cfg.model.type not in MM_PEERS:
         return peers, [f'--compare: no mmdet/mmseg ConvNeXt config for {cfg.model.type}; comparing backbones '
                        'with timm only.']
-    package, relative_path = MM_PEERS[cfg.model.type]
-    peer_path = osp.join(get_installed_path(package), '.mim', 'configs', relative_path)
-    peer_cfg = Config.fromfile(peer_path)
+    peer_name, peer_cfg = peer_config(cfg.model.type)
     peer_cfg.model.backbone.init_cfg = None
     peer_cfg.model.test_cfg = cfg.model.test_cfg  # the same work after the backbone, --cfg-options included
     peer = build_model(peer_cfg.model)
     state = {**{f'backbone.{k}': v for k, v in to_mmpretrain(backbone_state).items()},
              **{k: v for k, v in ours.state_dict().items() if not k.startswith('backbone.')}}
     try:
-        load_exactly(peer, state, f'our weights for {package}::{relative_path}', 'both configs build the same model')
+        load_exactly(peer, state, f'our weights for {peer_name}', 'both configs build the same model')
     except CheckpointError as error:
-        return peers, [f'--compare: {package}::{relative_path} does not have this config\'s model ({error}); '
+        return peers, [f'--compare: {peer_name} does not have this config\'s model ({error}); '
                        'comparing backbones with timm only.']
     peer.to(device)
-    peers.insert(0, Peer(f'{package} config', peer.backbone, peer, raw_stages=False))
+    peers.insert(0, Peer(f"{peer_name.split('::')[0]} config", peer.backbone, peer, raw_stages=False))
     return peers, []
 
 
@@ -295,7 +251,7 @@ def max_abs_diff(ours: ConvNeXt, peer: Peer, images: torch.Tensor) -> float:
     return max((a - b).abs().max().item() for a, b in zip(mine, theirs, strict=True))
 
 
-def synthetic_batch(model: nn.Module, scope: str, batch_size: int, shape: tuple[int, int],
+def synthetic_batch(model: nn.Module, task: str, batch_size: int, shape: tuple[int, int],
                     with_targets: bool) -> dict:
     """Random uint8 images of ``shape`` with their metadata, as a dataloader yields them; with
     ``with_targets``, random boxes and masks of class 0 (detection) or random label maps (segmentation)."""
@@ -305,7 +261,7 @@ def synthetic_batch(model: nn.Module, scope: str, batch_size: int, shape: tuple[
     inputs, samples = [], []
     for _ in range(batch_size):
         inputs.append(torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator))
-        if scope == 'mmdet':
+        if task == 'detection':
             from mmdet.structures import DetDataSample
             from mmdet.structures.mask import BitmapMasks
             sample = DetDataSample(metainfo=meta)
@@ -339,7 +295,7 @@ def train_case(cfg: Config, weights: dict[str, torch.Tensor], with_cp: bool, arg
     if args.channels_last:
         feed_channels_last(model.backbone)
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    batch = synthetic_batch(model, cfg.default_scope, args.batch_size, args.shape, with_targets=True)
+    batch = synthetic_batch(model, cli.task_of(cfg), args.batch_size, args.shape, with_targets=True)
     label = 'ours, channels_last backbone' if args.channels_last else 'ours'
     return Case(f'{cfg.model.type} train step', label + (' with_cp' if with_cp else ''), precision,
                 lambda: model.train_step(batch, optim_wrapper), model.backbone)
@@ -467,13 +423,8 @@ def report(env: dict, notes: list[str], rows: list[Row]) -> str:
 
 def main() -> None:
     args = parse_args()
-    if not osp.isfile(args.config):
-        raise SystemExit(f'error: config not found: {args.config}')
     device = resolve_device(args.device)
-    try:
-        precision = resolve_precision(args.precision, device)
-    except ValueError as error:
-        raise SystemExit(f'error: {error}') from None
+    precision = resolve_precision(args.precision, device)
     cfg = load_config(args.config, args.cfg_options)
     args.shape = tuple(args.shape or default_shape(cfg))
     if args.threads:
@@ -486,20 +437,18 @@ def main() -> None:
         origin = initialise(ours, cfg, args.checkpoint)
     except CheckpointError as error:
         hint = '' if args.checkpoint else ' Or --cfg-options model.backbone.init_cfg=None for random weights.'
-        raise SystemExit(f'error: {error}{hint}') from None
+        raise CheckpointError(f'{error}{hint}') from None
     ours.to(device)
-    try:
-        prepare_inference(ours, precision, args.channels_last, args.compile)
-    except ValueError as error:
-        raise SystemExit(f'error: {error}') from None
+    prepare_inference(ours, precision, args.channels_last, args.compile)
     images = torch.randn(args.batch_size, 3, *args.shape, generator=torch.Generator().manual_seed(0)).to(device)
     peers, notes = build_peers(cfg, ours, device) if args.compare else ([], [])
     label = ', '.join(['ours'] + ['channels_last'] * args.channels_last + ['compiled'] * args.compile)
-    batch = synthetic_batch(ours, cfg.default_scope, args.batch_size, args.shape, with_targets=False)
+    batch = synthetic_batch(ours, cli.task_of(cfg), args.batch_size, args.shape, with_targets=False)
     test_step = f'{cfg.model.type} test_step'
     cases = [Case('backbone', label, precision, inference(lambda: ours.backbone(images), precision, device),
                   ours.backbone)]
-    cases += [Case('backbone', peer.implementation, 'fp32', inference(lambda p=peer: p.backbone(images), 'fp32', device),
+    cases += [Case('backbone', peer.implementation, 'fp32',
+                   inference(lambda p=peer: p.backbone(images), 'fp32', device),
                    peer.backbone, max_abs_diff(ours.backbone, peer, images)) for peer in peers]
     cases.append(Case(test_step, label, precision, torch.no_grad()(lambda: ours.test_step(batch)), ours.backbone))
     cases += [Case(test_step, peer.implementation, 'fp32', torch.no_grad()(lambda p=peer: p.model.test_step(batch)),
@@ -515,7 +464,7 @@ def main() -> None:
                 rows += measure([train_case(cfg, state, with_cp, args, precision, device)], args, device, bar)
         except ValueError as error:  # e.g. BatchNorm after global pooling (UperNet's PPM) at --batch-size 1
             sys.stderr.write('\n')  # end the progress bar's line
-            raise SystemExit(f'error: the training step failed: {error}') from None
+            raise UsageError(f'the training step failed: {error}') from None
     print(file=sys.stderr)
     ours_p50 = {}
     for row in rows:  # ours comes first in each case
@@ -531,4 +480,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    cli.run_tool(main)

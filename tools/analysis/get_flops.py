@@ -1,104 +1,29 @@
-"""Parameters and FLOPs of a detector or segmentor config, counted the way the ConvNeXt papers count.
+"""Parameters and FLOPs of a detector or segmentor config, counted the way the ConvNeXt papers count
+(:mod:`backbones.runtime.complexity` says what is counted).
 
     python tools/analysis/get_flops.py CONFIG [--shape H W]
 
-FLOPs are multiply-adds of convolutions, linear layers and matrix products (norms, activations,
-pooling, resizing and RoIAlign are not counted), at the input shape (default: 800x1280 for detection,
-512x2048 for 512 crops, 640x2560 for 640 crops, as the papers use):
-
-* detection: backbone, neck and RPN head on the whole input; each box head (every cascade stage) on
-  1000 proposals; each mask head (every cascade stage) on 100 detections;
-* segmentation: backbone and decode head on the whole input (the auxiliary head is training-only).
-
-Parameters are those of the whole model (auxiliary head included). Counting runs on the meta device,
-so even the largest configs take seconds and no memory.
+The default shape is the papers': 800x1280 for detection, four crops wide for segmentation.
 """
 import argparse
-import warnings
 
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+from mmengine.config import Config
 
-import torch  # noqa: E402
-from mmengine.config import Config  # noqa: E402
-from mmengine.registry import MODELS, init_default_scope  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-NUM_PROPOSALS = 1000
-NUM_DETECTIONS = 100
+from backbones.runtime.cli import run_tool
+from backbones.runtime.complexity import complexity, paper_shape
 
 
-def multiply_adds(function, *args) -> int:
-    """Multiply-adds of ``function(*args)`` (torch counts a multiply-add as 2 FLOPs)."""
-    with FlopCounterMode(display=False) as counter:
-        function(*args)
-    return counter.get_total_flops() // 2
-
-
-def build_model(cfg: Config) -> torch.nn.Module:
-    """The model of ``cfg`` on the meta device, in eval mode, without loading pre-trained weights."""
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    if cfg.model.get('type') in ('SegTTAModel', 'DetTTAModel'):
-        cfg.model = cfg.model.module
-    cfg.model.backbone.init_cfg = None
-    with torch.device('meta'):
-        return MODELS.build(cfg.model).eval()
-
-
-def default_shape(cfg: Config) -> tuple[int, int]:
-    """The papers' input (H, W): 800x1280 for detection, four crops wide for segmentation."""
-    if cfg.default_scope == 'mmdet':
-        return 800, 1280
-    crop = cfg.model.test_cfg.get('crop_size', (512, 512))
-    return crop[0], crop[0] * 4
-
-
-def per_stage(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The per-stage modules of a cascade RoI head part (a ModuleList), or the single module of Mask R-CNN."""
-    return list(module) if isinstance(module, torch.nn.ModuleList) else [module]
-
-
-def count_detector(model: torch.nn.Module, image: torch.Tensor) -> dict[str, int]:
-    """Multiply-adds per part of a (Cascade) Mask R-CNN."""
-    counts = {'backbone': multiply_adds(model.backbone, image)}
-    stage_features = model.backbone(image)
-    counts['neck'] = multiply_adds(model.neck, stage_features)
-    counts['rpn head'] = multiply_adds(model.rpn_head, model.neck(stage_features))
-    roi_head = model.roi_head
-    bbox_heads, mask_heads = per_stage(roi_head.bbox_head), per_stage(roi_head.mask_head)
-    box_extractor, mask_extractor = per_stage(roi_head.bbox_roi_extractor)[0], per_stage(roi_head.mask_roi_extractor)[0]
-    box_features = torch.empty(NUM_PROPOSALS, box_extractor.out_channels, *box_extractor.roi_layers[0].output_size,
-                               device=image.device)
-    mask_features = torch.empty(NUM_DETECTIONS, mask_extractor.out_channels, *mask_extractor.roi_layers[0].output_size,
-                                device=image.device)
-    counts[f'box heads ({len(bbox_heads)} x {NUM_PROPOSALS} RoIs)'] = sum(
-        multiply_adds(head, box_features) for head in bbox_heads)
-    counts[f'mask heads ({len(mask_heads)} x {NUM_DETECTIONS} RoIs)'] = sum(
-        multiply_adds(head, mask_features) for head in mask_heads)
-    return counts
-
-
-def count_segmentor(model: torch.nn.Module, image: torch.Tensor) -> dict[str, int]:
-    """Multiply-adds of the backbone and decode head of an encoder-decoder."""
-    return {'backbone': multiply_adds(model.backbone, image),
-            'decode head': multiply_adds(model.decode_head, model.backbone(image))}
-
-
-def complexity(cfg: Config, shape: tuple[int, int] | None = None) -> tuple[int, dict[str, int]]:
-    """Number of parameters and multiply-adds per part of the model of ``cfg`` at ``shape`` (H, W)."""
-    model = build_model(cfg)
-    image = torch.empty(1, 3, *(shape or default_shape(cfg)), device='meta')
-    with torch.no_grad():
-        counts = count_detector(model, image) if cfg.default_scope == 'mmdet' else count_segmentor(model, image)
-    return sum(p.numel() for p in model.parameters()), counts
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), help='input height and width')
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     cfg = Config.fromfile(args.config)
-    shape = tuple(args.shape) if args.shape else default_shape(cfg)
+    shape = tuple(args.shape) if args.shape else paper_shape(cfg)
     params, counts = complexity(cfg, shape)
     print(f'{args.config} at {shape[0]}x{shape[1]}')
     for part, macs in counts.items():
@@ -107,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -1,11 +1,11 @@
-# The built-in demo data in COCO format (tools/demo_data.py) and the CPU schedule, for the detection demo
+# The built-in demo data in COCO format (backbones/runtime/demo_data.py) and the CPU schedule, for the detection demo
 # configs. The values are named demo_* so that this file can sit beside a real config in `_base_`
 # (mmengine does not allow two bases to define the same key); the demo configs assign them to the real keys.
+_base_ = './demo_common.py'
+
 demo_data_root = 'data/demo/coco/'
 demo_image_size = (128, 128)
-demo_metainfo = dict(
-    classes=('circle', 'square', 'triangle', 'cross'),
-    palette=[(220, 40, 40), (40, 190, 40), (30, 90, 220), (230, 210, 30)])
+demo_metainfo = dict(classes={{_base_.demo_classes}}, palette={{_base_.demo_palette}})
 demo_train_dataloader = dict(
     batch_size=4,
     num_workers=0,

@@ -9,9 +9,9 @@ model = dict(type='FCMAE', arch='atto', mask_ratio=0.6, decoder_dim=512, decoder
 
 data_root = 'data/imagenet/train/'  # any folder tree of images: labels and annotations are not read
 train_pipeline = [
-    dict(type='RandomResizedCrop', size=224, scale=(0.2, 1.0), interpolation='bicubic'),
+    dict(type='convnext_dense.RandomResizedCrop', size=224, scale=(0.2, 1.0), interpolation='bicubic'),
     dict(type='mmcv.RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackImageInputs'),
+    dict(type='convnext_dense.PackImageInputs'),
 ]
 train_dataloader = dict(
     batch_size=64,

@@ -1,0 +1,1 @@
+"""Datasets and transforms the configs name."""

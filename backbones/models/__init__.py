@@ -1,0 +1,1 @@
+"""The models: the ConvNeXt backbone and FCMAE."""

@@ -1,0 +1,76 @@
+"""The command-line layer of the tools: their common arguments, one line for every project error, and the
+task a config is for.
+
+Each common argument is defined here once, with its choices and help; a tool states only its default
+where the tools differ on purpose (``--precision``: training follows the config's recipe, evaluation
+defaults to the exact fp32 scores, inference and benchmarks to the fastest precision of the machine).
+"""
+import argparse
+from collections.abc import Callable
+
+from mmengine.config import Config, DictAction
+
+from ..errors import CheckpointError, DatasetNotFoundError, UsageError
+from .device import default_device
+from .precision import PRECISIONS
+
+# What the tools report as one line and a non-zero exit code, never as a traceback.
+PROJECT_ERRORS = (CheckpointError, DatasetNotFoundError, UsageError)
+TASKS = {'mmdet': 'detection', 'mmseg': 'segmentation'}
+
+
+def run_tool(main: Callable[[], None]) -> None:
+    """Run a tool's ``main``; a project error ends it with ``error: <message>`` on stderr and exit code 1."""
+    try:
+        main()
+    except PROJECT_ERRORS as error:
+        raise SystemExit(f'error: {error}') from None
+
+
+def task_of(cfg: Config) -> str:
+    """``detection``, ``segmentation`` (by the config's ``default_scope``) or ``pretraining`` (an FCMAE model).
+
+    Raises:
+        UsageError: A config of none of these.
+    """
+    if cfg.get('default_scope') in TASKS:
+        return TASKS[cfg.default_scope]
+    if cfg.get('model', {}).get('type') == 'FCMAE':
+        return 'pretraining'
+    raise UsageError(f'{cfg.filename} is not a detection, segmentation or FCMAE config '
+                     f"(default_scope {cfg.get('default_scope')!r}).")
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--cfg-options KEY=VALUE ...``."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
+
+
+def add_data_root(parser: argparse.ArgumentParser) -> None:
+    """``--data-root DIR``."""
+    parser.add_argument('--data-root', help="dataset folder instead of the config's (data/coco/, data/ade/...)")
+
+
+def add_launcher(parser: argparse.ArgumentParser) -> None:
+    """``--launcher`` and the ``--local-rank`` that torch's launchers pass."""
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+
+
+def add_precision(parser: argparse.ArgumentParser, default: str | None, default_help: str) -> None:
+    """``--precision {auto,fp32,bf16,fp16}``; ``default_help`` says what the default is and why."""
+    parser.add_argument('--precision', choices=PRECISIONS, default=default,
+                        help=f'autocast to bf16/fp16, or fp32; auto is fp16 on CUDA, bf16 on a CPU that computes it '
+                             f'natively (AVX512-BF16 or AMX), fp32 on other CPUs (default: {default_help})')
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """``--channels-last`` and ``--compile`` (see :func:`backbones.runtime.inference.prepare_inference`)."""
+    parser.add_argument('--channels-last', action='store_true', help='convolutions in channels_last (NHWC)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the backbone (the first image of each size compiles: for many images)')
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (default: cuda where available, else cpu)."""
+    parser.add_argument('--device', default=default_device(), help='cpu or cuda[:N] (default: cuda where available)')
