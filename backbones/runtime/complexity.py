@@ -23,11 +23,11 @@ NUM_PROPOSALS = 1000
 NUM_DETECTIONS = 100
 
 
-def multiply_adds(function, *args) -> int:
-    """Multiply-adds of ``function(*args)`` (torch counts a multiply-add as 2 FLOPs)."""
+def multiply_adds(function, *args) -> tuple[int, object]:
+    """Multiply-adds of ``function(*args)`` (torch counts a multiply-add as 2 FLOPs), and its output."""
     with FlopCounterMode(display=False) as counter:
-        function(*args)
-    return counter.get_total_flops() // 2
+        output = function(*args)
+    return counter.get_total_flops() // 2, output
 
 
 def build_on_meta(cfg: Config) -> torch.nn.Module:
@@ -55,10 +55,10 @@ def per_stage(module: torch.nn.Module) -> list[torch.nn.Module]:
 
 def count_detector(model: torch.nn.Module, image: torch.Tensor) -> dict[str, int]:
     """Multiply-adds per part of a (Cascade) Mask R-CNN."""
-    counts = {'backbone': multiply_adds(model.backbone, image)}
-    stage_features = model.backbone(image)
-    counts['neck'] = multiply_adds(model.neck, stage_features)
-    counts['rpn head'] = multiply_adds(model.rpn_head, model.neck(stage_features))
+    counts = {}
+    counts['backbone'], stage_features = multiply_adds(model.backbone, image)
+    counts['neck'], pyramid = multiply_adds(model.neck, stage_features)
+    counts['rpn head'], _ = multiply_adds(model.rpn_head, pyramid)
     roi_head = model.roi_head
     bbox_heads, mask_heads = per_stage(roi_head.bbox_head), per_stage(roi_head.mask_head)
     box_extractor, mask_extractor = per_stage(roi_head.bbox_roi_extractor)[0], per_stage(roi_head.mask_roi_extractor)[0]
@@ -67,16 +67,16 @@ def count_detector(model: torch.nn.Module, image: torch.Tensor) -> dict[str, int
     mask_features = torch.empty(NUM_DETECTIONS, mask_extractor.out_channels, *mask_extractor.roi_layers[0].output_size,
                                 device=image.device)
     counts[f'box heads ({len(bbox_heads)} x {NUM_PROPOSALS} RoIs)'] = sum(
-        multiply_adds(head, box_features) for head in bbox_heads)
+        multiply_adds(head, box_features)[0] for head in bbox_heads)
     counts[f'mask heads ({len(mask_heads)} x {NUM_DETECTIONS} RoIs)'] = sum(
-        multiply_adds(head, mask_features) for head in mask_heads)
+        multiply_adds(head, mask_features)[0] for head in mask_heads)
     return counts
 
 
 def count_segmentor(model: torch.nn.Module, image: torch.Tensor) -> dict[str, int]:
     """Multiply-adds of the backbone and decode head of an encoder-decoder."""
-    return {'backbone': multiply_adds(model.backbone, image),
-            'decode head': multiply_adds(model.decode_head, model.backbone(image))}
+    backbone, stage_features = multiply_adds(model.backbone, image)
+    return {'backbone': backbone, 'decode head': multiply_adds(model.decode_head, stage_features)[0]}
 
 
 def complexity(cfg: Config, shape: tuple[int, int] | None = None) -> tuple[int, dict[str, int]]:
