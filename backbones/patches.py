@@ -19,9 +19,18 @@ library's globals. What each patch does, and why no plugin point serves instead:
    heads, so bf16 training and inference on CPUs (:mod:`backbones.engine.autocast`) need every instance
    changed; fp32 inputs and CUDA tensors pass through unchanged.
 
+5. On demand only, by :func:`import_mmpretrain` (the peers: ``tests/test_configs_peers.py``, the benchmark's
+   ``--compare``): ``.venv/peers/mmpretrain`` goes on ``sys.path`` and ``mmpretrain.utils.dependency.
+   WITH_MULTIMODAL`` is set to False before ``mmpretrain.models`` is imported. mmpretrain lives outside
+   ``.venv`` (``requirements/peers/mmpretrain.txt`` says why); its multimodal models subclass transformers
+   classes that transformers 5 no longer has, and the peers need none of them.
+
 Each is pinned by a test in ``tests/test_backbones/test_patches.py`` that fails without it.
 """
 import functools
+import importlib.util
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +43,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from .checkpoints.loading import load_local_checkpoint, load_url_checkpoint, refuse_remote_checkpoint
 
 REMOTE_PREFIXES = ('pavi://', 's3://', 'petrel://')
+PEERS_VARIABLE = 'CONVNEXT_DENSE_PEERS'
 _applied = False
 
 
@@ -64,3 +74,25 @@ def apply_patches() -> None:
     RoIAlign.forward = in_fp32_on_cpu(RoIAlign.forward)
     NMSop.forward = staticmethod(in_fp32_on_cpu(NMSop.forward))
     _applied = True
+
+
+def peers_dir() -> str:
+    """The folder of the peers' own installs (``$CONVNEXT_DENSE_PEERS``, by default ``.venv/peers``)."""
+    return os.environ.get(PEERS_VARIABLE) or os.path.join(sys.prefix, 'peers')
+
+
+def import_mmpretrain() -> None:
+    """Make mmpretrain importable for the peers and import ``mmpretrain.models`` (patch 5 of the docstring).
+
+    Raises:
+        ImportError: mmpretrain is neither importable nor in :func:`peers_dir`, with what to run.
+    """
+    folder = os.path.join(peers_dir(), 'mmpretrain')
+    if importlib.util.find_spec('mmpretrain') is None and os.path.isdir(folder):
+        sys.path.append(folder)
+    if importlib.util.find_spec('mmpretrain') is None:
+        raise ImportError(f'The peers need mmpretrain, which is not in {folder}: run make install '
+                          f'(or set {PEERS_VARIABLE} to the folder that holds mmpretrain/).')
+    import mmpretrain.utils.dependency as dependency
+    dependency.WITH_MULTIMODAL = False
+    import mmpretrain.models  # noqa: F401  registers mmpretrain.ConvNeXt

@@ -29,7 +29,8 @@ fi
 py_tag="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 flags_tag="$(printf '%s' "$build_cflags" | tr -c 'A-Za-z0-9' '_')"
 mmcv_key="mmcv-${mmcv_version}_torch-${torch_version}_${py_tag}_${mmcv_device}_${flags_tag}"
-stamp_value="$(cat "$lock" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)_${mmcv_key}"
+peers_dir="$root/requirements/peers"
+stamp_value="$(cat "$lock" "$peers_dir"/*.txt "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)_${mmcv_key}"
 stamp_file="$venv/.convnext-dense-installed"
 
 if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp_value" ]]; then
@@ -105,6 +106,20 @@ else
         exit 1
     fi
 fi
+
+# The peers live in folders of their own (requirements/peers/ says why), each replaced whole.
+if "$venv/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("mmpretrain") is None)' 2>/dev/null; then
+    log "removing mmpretrain from .venv (it now lives in .venv/peers/mmpretrain)"
+    "${pip[@]}" uninstall -q -y mmpretrain
+fi
+for requirements in "$peers_dir"/*.txt; do
+    name="$(basename "$requirements" .txt)"
+    log "installing the $name peer into .venv/peers/$name"
+    rm -rf "$venv/peers/$name.partial"
+    "${pip[@]}" install -q --no-deps --no-compile --target "$venv/peers/$name.partial" -r "$requirements"
+    rm -rf "$venv/peers/$name"
+    mv "$venv/peers/$name.partial" "$venv/peers/$name"
+done
 
 log "installing this project in editable mode"
 "${pip[@]}" install -q --no-deps --no-build-isolation -e "$root"

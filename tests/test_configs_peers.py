@@ -9,7 +9,6 @@ shows up as a difference.
 """
 from pathlib import Path
 
-import mmpretrain.models  # noqa: F401  registers mmpretrain.ConvNeXt, the peers' backbone
 import pytest
 import torch
 from mmengine.config import Config
@@ -19,8 +18,11 @@ from mmengine.structures import InstanceData
 
 import backbones  # noqa: F401  registers ConvNeXt
 from backbones.checkpoints.formats import load_model_weights
+from backbones.patches import import_mmpretrain
 from backbones.runtime.peers import peer_config
 from tests.helpers import randomize_at_fan_in_scale
+
+import_mmpretrain()  # registers mmpretrain.ConvNeXt, the peers' backbone
 
 # Our config -> the model type whose mmdet/mmseg config is its peer (backbones.runtime.peers.MM_PEERS).
 DETECTION_PEERS = {'mask_rcnn': ('configs/det/mask_rcnn_convnext_t.py', 'MaskRCNN'),

@@ -1,6 +1,9 @@
 """Convert a ConvNeXt checkpoint of any released format to this project's layout, offline.
 
-    python tools/convert_checkpoint.py IN.pth OUT.pth|OUT.safetensors [--backbone-only]
+    python tools/convert_checkpoint.py IN OUT.pth|OUT.safetensors [--backbone-only]
+    python tools/convert_checkpoint.py IN OUT_FOLDER --to hf [--backbone-only]
+
+IN is a file, a URL, a transformers model folder or an hf://ORG/NAME[@REVISION] Hub name.
 
 A backbone-only checkpoint (official V1/V2 classification, V2 FCMAE, timm, mmpretrain) becomes a
 backbone state dict for ``init_cfg=dict(type='Pretrained', checkpoint=OUT.pth)``. A whole
@@ -10,29 +13,52 @@ backbone is kept, to initialise another model from it. The input is read as data
 (``backbones.checkpoints.reader``): objects it pickles besides tensors are left out. An output name
 ending in ``.safetensors`` writes safetensors (tensors and string metadata only, safe to load anywhere);
 any other name a PyTorch checkpoint.
+
+``--to hf`` writes a transformers model folder (``config.json``, ``model.safetensors``) instead: a backbone
+(or ``--backbone-only``) as ``ConvNextBackbone``/``ConvNextV2Backbone`` (which also loads as
+``ConvNextModel``/``ConvNextV2Model``; that model's pooled final norm is not in our weights and is
+initialised by transformers), an UperNet segmentor as ``UperNetForSemanticSegmentation`` with ``id2label``
+from the checkpoint's class names (``meta.dataset_meta.classes``, which our training writes) or
+``LABEL_i``. transformers has no Mask R-CNN or Cascade: for a detector, add ``--backbone-only``.
 """
 import argparse
 import io
 
 import safetensors.torch
 import torch
+from mmengine.runner.checkpoint import CheckpointLoader
 
-from backbones.checkpoints.formats import DENSE_PARTS, convert_state_dict, read_checkpoint
+from backbones.checkpoints.formats import DENSE_PARTS, convert_state_dict, unwrap_state_dict
+from backbones.checkpoints.huggingface import write_transformers_folder
 from backbones.checkpoints.writing import write_atomic
 from backbones.runtime.cli import run_tool
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('input', help='checkpoint to convert (path or URL)')
-    parser.add_argument('output', help='where to write the converted checkpoint')
+    parser.add_argument('input', help='checkpoint to convert (path, URL, transformers folder or hf:// name)')
+    parser.add_argument('output', help='where to write the converted checkpoint (a folder with --to hf)')
+    parser.add_argument('--to', choices=['ours', 'hf'], default='ours',
+                        help="ours: this project's layout (default); hf: a transformers model folder")
     parser.add_argument('--backbone-only', action='store_true', help='keep only the backbone of a whole model')
     return parser.parse_args()
 
 
+def class_names(checkpoint: dict) -> list[str] | None:
+    """The class names our training stores in a checkpoint (``meta.dataset_meta.classes``), if any."""
+    classes = ((checkpoint.get('meta') or {}).get('dataset_meta') or {}).get('classes')
+    return [str(name) for name in classes] if isinstance(classes, (list, tuple)) else None
+
+
 def main() -> None:
     args = parse_args()
-    weights = convert_state_dict(read_checkpoint(args.input))
+    checkpoint = CheckpointLoader.load_checkpoint(args.input, map_location='cpu')
+    weights = convert_state_dict(unwrap_state_dict(checkpoint))
+    if args.to == 'hf':
+        heads = {} if args.backbone_only else weights.other
+        model_class = write_transformers_folder(args.output, weights.backbone, heads, class_names(checkpoint))
+        print(f'{args.input}: {weights.source_format} format -> {args.output}/ (transformers {model_class})')
+        return
 
     keep_dense_parts = bool(weights.other) and not args.backbone_only  # a whole model: keep its neck and heads
     if keep_dense_parts:

@@ -12,6 +12,11 @@ Formats, detected from the keys:
 * ``fcmae-timm``: checkpoints of our FCMAE pre-training (:class:`backbones.FCMAE`): this backbone's
   layout under ``backbone.``; the decoder (``proj``, ``mask_token``, ``decoder.*``, ``pred``) is dropped.
 * ``mmpretrain``: mmpretrain ConvNeXt (``depthwise_conv``, ``pointwise_conv1/2``, ``norm{i}``).
+* ``transformers``: Hugging Face ``ConvNextModel``/``ConvNextV2Model``, ``ConvNextBackbone``/``ConvNextV2Backbone``
+  and the ``*ForImageClassification`` models (``embeddings.``, ``encoder.stages.i.layers.j.``,
+  ``hidden_states_norms.stageK``; ``convnext.``/``convnextv2.`` prefixes), read from a model folder or
+  ``hf://`` name by :mod:`.huggingface`; ``transformers-dense``: ``UperNetForSemanticSegmentation`` with a
+  ConvNeXt backbone, its heads renamed to mmseg's (``batch_norm`` -> ``bn``, ``classifier`` -> ``conv_seg``).
 * any of the above inside a detector/segmentor checkpoint (``backbone.`` prefix, ``-dense`` in the
   format name): the official ConvNeXt COCO/ADE20K release (mmdet 2.x / mmseg 0.x, output norms
   ``backbone.norm{i}``), mmdet 3 / mmseg 1 checkpoints with an mmpretrain backbone, and checkpoints
@@ -38,6 +43,7 @@ from timm.models.convnext import checkpoint_filter_fn
 from torch import nn
 
 from ..errors import CheckpointError
+from .huggingface import Arch, stored_arch, transformers_to_timm
 
 StateDict = dict[str, torch.Tensor]
 
@@ -66,6 +72,7 @@ class ConvertedWeights:
     backbone: StateDict
     leftovers: dict[str, list[str]] = field(default_factory=dict)
     other: StateDict = field(default_factory=dict)
+    arch: Arch | None = None
 
 
 def unwrap_state_dict(checkpoint: dict) -> StateDict:
@@ -161,6 +168,12 @@ def convert_state_dict(state_dict: StateDict) -> ConvertedWeights:
     Raises:
         CheckpointError: No ConvNeXt backbone was recognised.
     """
+    if any(re.match(r'((convnext|convnextv2|backbone)\.)?embeddings\.patch_embeddings\.', k) for k in state_dict):
+        backbone, head, heads = transformers_to_timm(state_dict)
+        leftovers = {DENSE_PARTS: list(heads), HEAD: head}
+        return ConvertedWeights('transformers' + ('-dense' if heads else ''), backbone,
+                                {reason: names for reason, names in leftovers.items() if names}, heads,
+                                stored_arch(backbone))
     leftovers: dict[str, list[str]] = {}
     other: StateDict = {}
     classifier_head: list[str] = []
@@ -222,6 +235,10 @@ def check_compatible(weights: ConvertedWeights, backbone: nn.Module) -> list[str
         weights.leftovers[UNBUILT] = unbuilt
         weights.backbone = given = {k: v for k, v in given.items() if k not in unbuilt}
     arch = f'the backbone is {backbone.version} depths {backbone.depths} dims {backbone.dims}'
+    wanted = Arch(backbone.version, list(backbone.depths), list(backbone.dims))
+    if weights.arch is not None and weights.arch != wanted:
+        raise CheckpointError(f'The checkpoint is {weights.arch} ({weights.source_format} format); the config builds '
+                              f'{wanted}. Use the config of the checkpoint\'s arch, or a checkpoint of this one.')
     hint = _version_hint(given, expected)
     for key, value in given.items():
         if key not in expected:

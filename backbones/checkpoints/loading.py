@@ -1,4 +1,5 @@
-"""mmengine's checkpoint loading, through the data-only reader: local paths and URLs.
+"""mmengine's checkpoint loading, through the data-only reader: local paths, transformers folders and ``hf://``
+names, and URLs.
 
 :mod:`backbones.patches` points mmengine at these: :func:`load_local_checkpoint` is its loader for
 plain paths, :func:`load_url_checkpoint` its ``load_url`` (every ``http(s)://``, ``torchvision://``,
@@ -19,7 +20,8 @@ import torch
 from mmengine.logging import print_log
 
 from ..errors import CheckpointError
-from .reader import read_checkpoint_file
+from .huggingface import is_transformers_source, read_transformers_checkpoint
+from .reader import map_tensors, read_checkpoint_file
 
 TIMEOUT_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_TIMEOUT'
 MAX_BYTES_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_MAX_MB'
@@ -31,9 +33,17 @@ CHUNK_BYTES = 1 << 20
 def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None) -> Any:
     """A local checkpoint, read as data by :func:`~backbones.checkpoints.reader.read_checkpoint_file`.
 
+    A transformers model folder, a weight file beside its ``config.json``, or an ``hf://`` Hub name is read
+    by :func:`~backbones.checkpoints.huggingface.read_transformers_checkpoint` (names kept as stored;
+    :mod:`backbones.checkpoints.formats` maps them).
     mmengine's ``Runner.resume`` executes ``meta['config']`` as Python (``Config.fromstring``); here
     that text moves to ``meta['config_text']``, kept for reading and never executed.
     """
+    if is_transformers_source(filename):
+        checkpoint = read_transformers_checkpoint(filename)
+        if map_location is not None and not callable(map_location) and torch.device(map_location).type != 'cpu':
+            checkpoint = map_tensors(checkpoint, map_location)
+        return checkpoint
     checkpoint = read_checkpoint_file(filename, map_location)
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     if isinstance(meta, dict) and 'config' in meta:

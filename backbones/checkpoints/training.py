@@ -37,6 +37,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from ..errors import CheckpointError
+from .formats import load_model_weights
 from .pickle_data import Record
 from .reader import read_checkpoint_file
 from .writing import ATOMIC_BACKEND
@@ -277,8 +278,9 @@ class ConvNeXtDenseRunner(Runner):
                                       'checkpoint. Train without --resume, or pass --resume CKPT.')
             self.logger.info(f'Resuming from {path}.')
             self.resume(path)
-        elif self._load_from is not None:
-            self.load_checkpoint(self._load_from)
+        elif self._load_from is not None:  # strictly and in any supported format (transformers folders too)
+            model = self.model.module if is_model_wrapper(self.model) else self.model
+            load_model_weights(model, self._load_from, self.logger)
         self._has_loaded = True
 
     def resume(self, filename: str, resume_optimizer: bool = True, resume_param_scheduler: bool = True,

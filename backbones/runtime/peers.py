@@ -10,6 +10,8 @@ import torch
 from mmengine.config import Config
 from mmengine.utils import get_installed_path
 
+from ..patches import import_mmpretrain
+
 # mmdet's and mmseg's own ConvNeXt-T configs, by model type: (package, config path inside the package).
 MM_PEERS = {
     'MaskRCNN': ('mmdet', 'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'),
@@ -31,6 +33,7 @@ MMPRETRAIN_NAMES = (
 def peer_config(model_type: str) -> tuple[str, Config]:
     """``package::path`` and the config of the mmdet/mmseg peer of a model type (a key of :data:`MM_PEERS`)."""
     package, relative_path = MM_PEERS[model_type]
+    import_mmpretrain()  # the peer configs' custom_imports
     return f'{package}::{relative_path}', Config.fromfile(
         osp.join(get_installed_path(package), '.mim', 'configs', relative_path))
 
