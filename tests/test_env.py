@@ -1,8 +1,14 @@
 """The installed stack: compiled mmcv ops, framework imports and image I/O."""
+import os
+import subprocess
+import sys
 
 import numpy as np
 import torch
 import torchvision
+
+from backbones.patches import peers_dir
+from tests.helpers import toy_config
 
 
 def random_boxes(n: int, size: float, generator: torch.Generator) -> torch.Tensor:
@@ -80,3 +86,26 @@ def test_mmcv_image_io_with_headless_opencv(tmp_path) -> None:
     np.testing.assert_array_equal(mmcv.imread(path), image)
     np.testing.assert_array_equal(mmcv.imread(path, channel_order='rgb'), image[..., ::-1])
     assert mmcv.imresize(image, (15, 10)).shape == (10, 15, 3)
+
+
+def test_the_stack_works_with_transformers_importable(tmp_path) -> None:
+    """What a user's `pip install transformers` into .venv does: the frameworks, a tool, the patches and the
+    mmpretrain peers still work (transformers 5 on the path; mmpretrain's multimodal models need transformers 4)."""
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([os.getcwd(), os.path.join(peers_dir(), 'transformers')])}
+    imports = ('import transformers, mmdet.models, mmseg.models, backbones\n'
+               'from backbones.patches import import_mmpretrain\n'
+               'import_mmpretrain()\n'
+               'import mmpretrain\n'
+               'print(transformers.__version__, mmpretrain.__version__)\n')
+    result = subprocess.run([sys.executable, '-c', imports], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['5.25.0', '1.2.0']
+    train = subprocess.run([sys.executable, 'tools/train.py', toy_config(tmp_path / 'toy.py', 1), '--work-dir',
+                            str(tmp_path / 'work')], env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
+    tests = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                            'tests/test_backbones/test_patches.py',
+                            'tests/test_configs_peers.py::test_upernet_equals_mmseg_convnext_config'],
+                           env=env, capture_output=True, text=True, timeout=900)
+    assert tests.returncode == 0, tests.stdout[-3000:]
