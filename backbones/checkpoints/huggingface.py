@@ -138,6 +138,10 @@ def hub_snapshot(name: str) -> str:
         raise CheckpointError(f'Cannot load {name}: a Hub name is hf://ORG/NAME or hf://ORG/NAME@REVISION '
                               '(e.g. hf://openmmlab/upernet-convnext-tiny).')
     repo_id, revision = match[1], match[2]
+    parts = [*repo_id.split('/'), *(revision.split('/') if revision else [])]
+    if any(part in ('', '.', '..') for part in parts):
+        raise CheckpointError(f"Cannot load {name}: '.', '..' and empty parts are not allowed in a Hub name or "
+                              'revision.')
     import huggingface_hub  # only for Hub names
     try:
         folder = huggingface_hub.snapshot_download(repo_id, revision=revision,

@@ -279,3 +279,9 @@ def test_load_from_reads_a_transformers_folder_strictly(made) -> None:
                             logger=MMLogger.get_current_instance())
     with pytest.raises(CheckpointError, match=r'holds only a backbone \(transformers format\)'):
         ConvNeXtDenseRunner.load_or_resume(state)
+
+
+@pytest.mark.parametrize('name', ['hf://openmmlab', 'hf://org/..', 'hf://org/name@../../refs', 'hf://org/name@a//b'])
+def test_hub_names_that_could_name_other_paths_are_refused(name: str) -> None:
+    with pytest.raises(CheckpointError, match=r'^Cannot load hf://.*: (a Hub name is|.* not allowed)'):
+        read_checkpoint(name)
