@@ -285,3 +285,23 @@ def test_load_from_reads_a_transformers_folder_strictly(made) -> None:
 def test_hub_names_that_could_name_other_paths_are_refused(name: str) -> None:
     with pytest.raises(CheckpointError, match=r'^Cannot load hf://.*: (a Hub name is|.* not allowed)'):
         read_checkpoint(name)
+
+
+def test_infer_tool_predicts_with_a_transformers_folder(made, tmp_path) -> None:
+    import cv2
+    import numpy as np
+    from mmseg.apis import inference_model, init_model
+
+    folder, _, _ = made
+    image = tmp_path / 'photo.png'
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    result = subprocess.run([sys.executable, 'tools/infer.py', UPERNET_CONFIG, str(folder / 'upernet'), str(image),
+                             '--out', str(tmp_path / 'out'), '--device', 'cpu', '--precision', 'fp32'],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = init_model(UPERNET_CONFIG, None, device='cpu')
+    load_model_weights(model, str(folder / 'upernet'), MMLogger.get_current_instance())
+    expected = inference_model(model, str(image)).seg_logits.data.argmax(dim=0).numpy()
+    labels = cv2.imread(str(tmp_path / 'out' / 'labels' / 'photo.png'), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == expected.shape and (labels == expected).all()
+    assert len(np.unique(labels)) > 1  # the random UperNet predicts several classes, not a constant map
