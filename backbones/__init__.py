@@ -10,7 +10,8 @@ mmengine's root registries, which the mmdet and mmseg registries both fall back 
 * ``HOOKS``: ``RandomStateHook``, ``FCMAEReconstructionHook`` (:mod:`.engine`),
   ``ConvNeXtDenseCheckpointHook``; ``RUNNERS``: ``ConvNeXtDenseRunner`` (:mod:`.checkpoints.training`);
 * ``DATASETS``: ``ImageFolderDataset``, and its transforms under the scope ``convnext_dense``
-  (:mod:`.datasets.image_folder`); the file backend ``convnext_dense_atomic`` (:mod:`.checkpoints.writing`).
+  (:mod:`.datasets.image_folder`), with ``LoadImageOrSkip`` (:mod:`.datasets.skip_unreadable`); the file
+  backend ``convnext_dense_atomic`` (:mod:`.checkpoints.writing`).
 
 It then calls :func:`backbones.patches.apply_patches`, the one place that changes mmengine and mmcv.
 The tools' own code (:mod:`backbones.runtime`) is not imported here: a config never needs it.
@@ -26,6 +27,7 @@ from .checkpoints import (
 )
 from .checkpoints.training import ConvNeXtDenseCheckpointHook, ConvNeXtDenseRunner
 from .datasets.image_folder import ImageFolderDataset
+from .datasets.skip_unreadable import LoadImageOrSkip
 from .engine.autocast import AutocastOptimWrapper
 from .engine.layer_decay import LRDecayOptimWrapperConstructor
 from .engine.randomness import RandomStateHook
@@ -38,5 +40,6 @@ apply_patches()
 
 __all__ = ['AutocastOptimWrapper', 'CheckpointError', 'ConvNeXt', 'ConvNeXtDenseCheckpointHook', 'ConvNeXtDenseRunner',
            'ConvertedWeights', 'convert_state_dict', 'FCMAE', 'FCMAEReconstructionHook', 'ImageFolderDataset',
+           'LoadImageOrSkip',
            'load_backbone_weights', 'load_local_checkpoint', 'LRDecayOptimWrapperConstructor', 'RandomStateHook',
            'read_checkpoint', 'read_checkpoint_file']

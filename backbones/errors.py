@@ -17,5 +17,9 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset file or folder that a config needs does not exist, or holds no images."""
 
 
+class DatasetError(ValueError):
+    """A dataset file that cannot be used, naming the file and the fix."""
+
+
 class UsageError(ValueError):
     """A command-line argument or config value that cannot be used, with what to use instead."""

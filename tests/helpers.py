@@ -3,16 +3,22 @@
 The builders turn a backbone's state dict (timm layout) into each released checkpoint format, as
 documented by the releases, so that loading can be checked without downloading weights.
 """
+import json
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.registry import DATASETS, HOOKS, METRICS, MODELS
+
+from backbones.runtime.demo_data import ensure_demo_data, textured_background
 
 # A custom ConvNeXt small enough for CPU training steps in tests.
 TINY_ARCH = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))
@@ -196,3 +202,59 @@ def toy_config(path: Path, max_epochs: int) -> str:
     """Write the config of a toy training of ``max_epochs`` epochs (for ``tools/train.py``) to ``path``."""
     path.write_text(TOY_CONFIG.format(max_epochs=max_epochs))
     return str(path)
+
+
+# A dataset unlike the demo's, made from its scenes: three classes (the square and the triangle are one,
+# 'polygon') with non-contiguous COCO ids, images in nested folders named by file_name, another image size,
+# and one training image without annotations.
+OWN_CLASSES = {3: 'disc', 7: 'polygon', 12: 'plus'}
+OWN_IDS = (3, 7, 7, 12)  # by demo class: circle, square, triangle, cross
+OWN_SEG_CLASSES = ('background', 'disc', 'polygon', 'plus')
+OWN_SEG_VALUES = (255, 0, 1, 2, 2, 3)  # by demo map value: unlabelled, background, circle, square, triangle, cross
+
+
+def make_own_coco(root: Path, num_train: int, num_val: int, image_size: int, seed: int) -> Path:
+    """Write the own-data COCO set (above) to ``root``: ``annotations/{train,val}.json`` and
+    ``pictures/<split>/batch_<k>/*.jpg``; return ``root``."""
+    source = root / 'source'
+    ensure_demo_data(source, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+    (root / 'annotations').mkdir(parents=True, exist_ok=True)
+    for split in ('train', 'val'):
+        content = json.loads((source / 'coco' / 'annotations' / f'instances_{split}.json').read_text())
+        for index, image in enumerate(content['images']):
+            name = f'pictures/{split}/batch_{index % 3}/{image["file_name"]}'
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / 'coco' / split / image['file_name'], root / name)
+            image['file_name'] = name
+        for annotation in content['annotations']:
+            annotation['category_id'] = OWN_IDS[annotation['category_id'] - 1]
+        content['categories'] = [dict(id=i, name=name) for i, name in OWN_CLASSES.items()]
+        if split == 'train':
+            empty = f'pictures/{split}/empty.jpg'
+            background = textured_background(np.random.default_rng(seed), image_size)
+            cv2.imwrite(str(root / empty), np.clip(background, 0, 255).astype(np.uint8))
+            content['images'].append(dict(id=len(content['images']) + 1, file_name=empty, width=image_size,
+                                          height=image_size))
+        (root / 'annotations' / f'{split}.json').write_text(json.dumps(content))
+    shutil.rmtree(source)
+    return root
+
+
+def make_own_label_maps(root: Path, num_train: int, num_val: int, image_size: int, seed: int) -> Path:
+    """Write the own-data label-map set to ``root``: ``images/{train,val}/*.jpg``, ``annotations/{train,val}/*.png``
+    (values 0-3, 255 unlabelled; every other map 16-bit) and ``classes.json`` (ignore 255); return ``root``."""
+    source = root / 'source'
+    ensure_demo_data(source, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+    relabel = np.array(OWN_SEG_VALUES + (255,) * (256 - len(OWN_SEG_VALUES)), np.uint16)
+    for split, ade_split in (('train', 'training'), ('val', 'validation')):
+        for folder in ('images', 'annotations'):
+            (root / folder / split).mkdir(parents=True, exist_ok=True)
+        for index, label_file in enumerate(sorted((source / 'ade' / 'annotations' / ade_split).glob('*.png'))):
+            shutil.copyfile(source / 'ade' / 'images' / ade_split / f'{label_file.stem}.jpg',
+                            root / 'images' / split / f'{label_file.stem}.jpg')
+            values = relabel[cv2.imread(str(label_file), cv2.IMREAD_UNCHANGED)]
+            cv2.imwrite(str(root / 'annotations' / split / label_file.name),
+                        values if index % 2 else values.astype(np.uint8))
+    (root / 'classes.json').write_text(json.dumps(dict(classes=list(OWN_SEG_CLASSES), ignore=255)))
+    shutil.rmtree(source)
+    return root

@@ -14,13 +14,15 @@ named <name> (<stem> without the extension):
                        scores of the instances scoring at least --score-thr; segmentation: the class
                        colours over the image, each class present labelled with its name.
     results.json       detection: one list of COCO-style results, the instances scoring at least
-                       --score-thr: image (<name>), bbox [x, y, w, h], score, category_id (the class index
-                       in the config), category_name, segmentation (RLE, pycocotools; mask models).
+                       --score-thr: image (<name>), bbox [x, y, w, h], score, category_id (the dataset's
+                       category id for a model of tools/train.py, else the class index), category_name,
+                       segmentation (RLE, pycocotools; mask models).
     labels/<stem>.png  segmentation: the class index (in the config) of every pixel, 8-bit below 256
                        classes, else 16-bit.
 
 CKPT is loaded as tools/test.py loads it: checkpoints of tools/train.py or the official release, strictly.
-The class names and colours are the config's (its test set). --tta runs the config's test-time augmentation
+The class names and colours are those a checkpoint of tools/train.py carries (the classes it was
+trained on), else the config's (its test set). --tta runs the config's test-time augmentation
 (segmentation: scales 0.5 to 1.75 with flip). --precision (default auto: fp16 on CUDA, bf16 on a CPU that
 computes it natively, else fp32) runs the model under autocast, as tools/test.py does; --channels-last and
 --compile are tools/test.py's too. A batch holds consecutive images of one size. A file that is
@@ -58,6 +60,7 @@ from backbones.runtime import cli
 from backbones.runtime.config import enable_tta, load_config
 from backbones.runtime.device import resolve_device, unwrap_model
 from backbones.runtime.inference import prepare_inference
+from backbones.runtime.own_data import apply_checkpoint_classes, class_heads
 from backbones.runtime.precision import resolve_precision
 
 INFERENCERS = {'detection': DetInferencer, 'segmentation': MMSegInferencer}
@@ -105,6 +108,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.batch_size < 1:
         parser.error('--batch-size must be at least 1')
+    if not 0 <= args.score_thr <= 1:
+        parser.error(f'--score-thr must be between 0 and 1 (scores are probabilities), got {args.score_thr}')
     return args
 
 
@@ -190,6 +195,9 @@ def read_images(files: list[InputFile], progress: ProgressBar) -> Iterator[Image
                     break
                 yield Image(f'{file.stem}_{index}', f'{file.stem}_{index}', frame)
             capture.release()
+            if index < file.frames:
+                warn(f'{file.path} ended after {index} of the {file.frames} frames it reports: the rest cannot be read')
+                progress.update(file.frames - index)
             continue
         content, problem = b'', 'not a readable image or video'
         if file.path.suffix.lower() in IMG_EXTENSIONS:
@@ -229,7 +237,13 @@ def build_inferencer(cfg: Config, checkpoint: str, device: str) -> BaseInference
         inferencer = INFERENCERS[cli.task_of(cfg)](model=cfg, device=device)
     load_model_weights(unwrap_model(inferencer.model), checkpoint, MMLogger.get_current_instance())
     metainfo = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
-    inferencer.visualizer.dataset_meta = dict(classes=metainfo['classes'], palette=metainfo.get('palette'))
+    heads = {path: head.num_classes for path, head in class_heads(cfg.model)}
+    if any(count != len(metainfo['classes']) for count in heads.values()):
+        raise UsageError(f'{checkpoint} does not carry its class names, and the config\'s test set has '
+                         f"{len(metainfo['classes'])} classes for heads of {max(heads.values())}: name the classes "
+                         'with --cfg-options test_dataloader.dataset.metainfo.classes="(a,b,...)".')
+    inferencer.visualizer.dataset_meta = dict(classes=metainfo['classes'], palette=metainfo.get('palette'),
+                                              category_ids=metainfo.get('category_ids'))
     return inferencer
 
 
@@ -238,16 +252,18 @@ def predict(inferencer: BaseInferencer, images: list[np.ndarray]) -> list[BaseDa
     return inferencer.forward(inferencer.collate_fn([inferencer.pipeline(image) for image in images]))
 
 
-def detection_results(name: str, sample: BaseDataElement, classes: Sequence[str], score_thr: float) -> list[dict]:
-    """COCO-style results of the instances of one image that score at least ``score_thr``."""
+def detection_results(name: str, sample: BaseDataElement, classes: Sequence[str], score_thr: float,
+                      category_ids: Sequence[int] | None = None) -> list[dict]:
+    """COCO-style results of the instances of one image that score at least ``score_thr``; ``category_id`` is
+    the dataset's id of the class where ``category_ids`` gives them, else the class index."""
     instances = sample.pred_instances
     instances = instances[instances.scores >= score_thr].cpu().numpy()
     masks = encode_mask_results(instances.masks) if 'masks' in instances else [None] * len(instances)
     results = []
     for (x1, y1, x2, y2), score, label, mask in zip(instances.bboxes.tolist(), instances.scores.tolist(),
                                                     instances.labels.tolist(), masks):
-        result = dict(image=name, bbox=[x1, y1, x2 - x1, y2 - y1], score=score, category_id=label,
-                      category_name=classes[label])
+        result = dict(image=name, bbox=[x1, y1, x2 - x1, y2 - y1], score=score,
+                      category_id=category_ids[label] if category_ids else label, category_name=classes[label])
         if mask is not None:
             result['segmentation'] = dict(size=mask['size'], counts=mask['counts'].decode())
         results.append(result)
@@ -257,7 +273,7 @@ def detection_results(name: str, sample: BaseDataElement, classes: Sequence[str]
 def run(inferencer: BaseInferencer, files: list[InputFile], out: Path, batch_size: int, score_thr: float) -> int:
     """Predict every image of ``files`` and write its outputs to ``out``; return how many images were processed."""
     detection = isinstance(inferencer, DetInferencer)
-    classes = inferencer.visualizer.dataset_meta['classes']
+    classes, category_ids = (inferencer.visualizer.dataset_meta[key] for key in ('classes', 'category_ids'))
     draw_options = dict(pred_score_thr=score_thr) if detection else {}
     results, processed = [], 0
     progress = ProgressBar(sum(file.frames or 1 for file in files))
@@ -266,7 +282,7 @@ def run(inferencer: BaseInferencer, files: list[InputFile], out: Path, batch_siz
             inferencer.visualizer.add_datasample(image.name, mmcv.bgr2rgb(image.pixels), sample, draw_gt=False,
                                                  out_file=str(out / 'vis' / f'{image.stem}.png'), **draw_options)
             if detection:
-                results += detection_results(image.name, sample, classes, score_thr)
+                results += detection_results(image.name, sample, classes, score_thr, category_ids)
             else:
                 labels = sample.pred_sem_seg.data[0].cpu().numpy()
                 mmcv.imwrite(labels.astype(np.uint8 if len(classes) < 256 else np.uint16),
@@ -284,6 +300,9 @@ def main() -> None:
     cfg = load_config(args.config, args.cfg_options)
     if cli.task_of(cfg) not in INFERENCERS:
         raise UsageError(f'{args.config} is not a detection or segmentation config: infer.py runs those.')
+    trained_on = apply_checkpoint_classes(cfg, args.checkpoint)
+    if trained_on:
+        MMLogger.get_current_instance().info(trained_on)
     if args.tta:
         enable_tta(cfg)
     cfg.test_dataloader.dataset.pipeline = without_annotation_loading(cfg.test_dataloader.dataset.pipeline)

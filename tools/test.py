@@ -6,7 +6,9 @@
 
 CKPT may be a checkpoint written by tools/train.py or one of the official ConvNeXt COCO/ADE20K
 release (converted on the fly, see checkpoints/README.md); it is loaded strictly, so a config that
-does not match the checkpoint is an error, not a silently wrong score. --out writes the raw results
+does not match the checkpoint is an error, not a silently wrong score. A checkpoint of tools/train.py
+carries the classes it was trained on: the model and the test set get them (the test annotation file
+must have the same categories). --out writes the raw results
 (detection: a .pkl of predictions; segmentation: a folder of label PNGs), --show-dir writes a
 visualisation per image, --tta runs the config's test-time augmentation (segmentation: scales 0.5 to
 1.75 with flip). --precision (default fp32, the exact scores): bf16 or fp16 run the model under
@@ -24,9 +26,10 @@ from mmengine.registry import RUNNERS
 from backbones.checkpoints.formats import load_model_weights
 from backbones.errors import UsageError
 from backbones.runtime import cli
-from backbones.runtime.config import check_datasets, enable_tta, load_config, set_data_root
+from backbones.runtime.config import check_datasets, check_work_dir, enable_tta, load_config, set_data_root
 from backbones.runtime.device import adapt_to_cpu, default_device, unwrap_model
 from backbones.runtime.inference import prepare_inference
+from backbones.runtime.own_data import apply_checkpoint_classes, classes_from_data
 from backbones.runtime.precision import resolve_precision
 
 
@@ -76,10 +79,16 @@ def main() -> None:
     if args.data_root:
         set_data_root(cfg, args.data_root)
     precision = resolve_precision(args.precision, default_device())
+    trained_on = apply_checkpoint_classes(cfg, args.checkpoint)
+    log_lines = [trained_on, classes_from_data(cfg, 'test', f'the checkpoint {args.checkpoint}' if trained_on
+                                               else 'the config')]
     check_datasets(cfg, ['test'])
+    check_work_dir(cfg.work_dir)
     adapt_to_cpu(cfg)
 
     runner = RUNNERS.build(cfg)
+    for line in filter(None, log_lines):
+        runner.logger.info(line)
     load_model_weights(unwrap_model(runner.model), args.checkpoint, runner.logger)
     prepare_inference(runner.model, precision, args.channels_last, args.compile)
     runner.test()

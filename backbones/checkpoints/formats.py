@@ -52,6 +52,10 @@ HEAD = 'classifier head and final norm'
 FCMAE_DECODER = 'FCMAE decoder'
 DENSE_PARTS = 'detector/segmentor parts (neck, heads)'
 UNBUILT = 'stages/output norms not built (out_indices, norm_outputs)'
+# The heads' output layers whose shapes follow the number of classes: Mask R-CNN's and Cascade's box
+# classifiers and class-specific box regressors, the mask head's logits, UperNet's decode and auxiliary heads.
+CLASS_LAYER = re.compile(r'(^|\.)(bbox_head(\.\d+)?\.(fc_cls|fc_reg)|mask_head(\.\d+)?\.conv_logits|'
+                         r'(decode_head|auxiliary_head)(\.\d+)?\.conv_seg)\.(weight|bias)$')
 FCMAE_DECODER_PREFIXES = ('decoder.', 'mask_token', 'proj.', 'pred.')
 MMPRETRAIN_RENAMES = (('.depthwise_conv.', '.dwconv.'), ('.pointwise_conv1.', '.pwconv1.'),
                       ('.pointwise_conv2.', '.pwconv2.'))
@@ -312,11 +316,26 @@ def load_exactly(model: nn.Module, state_dict: StateDict, source: str, check: st
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_model_weights(model: nn.Module, path: str, logger: Logger) -> None:
+def class_layers_afresh(model: nn.Module, state_dict: StateDict) -> list[str]:
+    """Take out of ``state_dict`` the class-specific output layers whose shapes differ from ``model``'s
+    (another number of classes), so that they keep their initialisation; one line per layer, with both shapes.
+    """
+    expected = model.state_dict()
+    afresh = [key for key, value in state_dict.items() if CLASS_LAYER.search(key) and key in expected
+              and value.shape != expected[key].shape]
+    lines = [f'{key} {tuple(state_dict[key].shape)} -> {tuple(expected[key].shape)}' for key in afresh]
+    for key in afresh:
+        state_dict[key] = expected[key]
+    return lines
+
+
+def load_model_weights(model: nn.Module, path: str, logger: Logger, new_classes: bool = False) -> None:
     """Load a whole detector/segmentor checkpoint of any supported format into ``model``, strictly.
 
     The backbone part is converted as in :func:`convert_state_dict`; every other key must match
-    ``model`` exactly.
+    ``model`` exactly, except, with ``new_classes``, the class-specific output layers of the heads
+    (:data:`CLASS_LAYER`) when the model has another number of classes: those keep their initialisation,
+    and the report names them.
 
     Raises:
         CheckpointError: Missing, unexpected or mis-shaped keys, naming the first one.
@@ -327,6 +346,10 @@ def load_model_weights(model: nn.Module, path: str, logger: Logger) -> None:
                               "model: use it as the backbone's init_cfg=dict(type='Pretrained', checkpoint=...).")
     check_compatible(weights, model.backbone)
     state_dict = {**{f'backbone.{k}': v for k, v in weights.backbone.items()}, **weights.other}
+    afresh = class_layers_afresh(model, state_dict) if new_classes else []
     load_exactly(model, state_dict, f'{path}, {weights.source_format} format',
                  'the config matches the checkpoint (model type, arch, number of classes)')
-    logger.info(f'Loaded {path} ({weights.source_format} format, {len(state_dict)} tensors).')
+    logger.info(f'Loaded {path} ({weights.source_format} format, {len(state_dict) - len(afresh)} tensors).')
+    if afresh:
+        logger.info(f'  initialised afresh for the config\'s classes ({len(afresh)} tensors of another number of '
+                    f'classes): {"; ".join(afresh)}')

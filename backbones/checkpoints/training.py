@@ -278,9 +278,9 @@ class ConvNeXtDenseRunner(Runner):
                                       'checkpoint. Train without --resume, or pass --resume CKPT.')
             self.logger.info(f'Resuming from {path}.')
             self.resume(path)
-        elif self._load_from is not None:  # strictly and in any supported format (transformers folders too)
+        elif self._load_from is not None:  # any format; only layers of another class count may differ
             model = self.model.module if is_model_wrapper(self.model) else self.model
-            load_model_weights(model, self._load_from, self.logger)
+            load_model_weights(model, self._load_from, self.logger, new_classes=True)
         self._has_loaded = True
 
     def resume(self, filename: str, resume_optimizer: bool = True, resume_param_scheduler: bool = True,

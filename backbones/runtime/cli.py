@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 from mmengine.config import Config, DictAction
 
-from ..errors import CheckpointError, DatasetNotFoundError, UsageError
+from ..errors import CheckpointError, DatasetError, DatasetNotFoundError, UsageError
 from .device import default_device
 from .precision import PRECISIONS
 
 # What the tools report as one line and a non-zero exit code, never as a traceback.
-PROJECT_ERRORS = (CheckpointError, DatasetNotFoundError, UsageError)
+PROJECT_ERRORS = (CheckpointError, DatasetError, DatasetNotFoundError, UsageError)
 TASKS = {'mmdet': 'detection', 'mmseg': 'segmentation'}
 
 

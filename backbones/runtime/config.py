@@ -1,13 +1,22 @@
 """Config preparation for the tools: read a config, point it at a dataset, check the dataset, TTA.
 
-* :func:`load_config`: read a config, apply ``--cfg-options`` and set the launcher and work dir.
+* :func:`load_config`: read a config, apply ``--cfg-options`` (to the test keys too where the config
+  copies them from the val keys) and set the launcher and work dir.
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the docs section.
+* :func:`check_hook_options`, :func:`check_work_dir`: one line before training for a misspelt hook
+  option or a work dir that cannot be written.
 * :func:`enable_tta`: ``--tta``, the config's test-time augmentation model and pipeline.
 """
+import ast
+import copy
+import importlib
+import inspect
+import os
 import os.path as osp
 
 from mmengine.config import Config, ConfigDict
+from mmengine.hooks import CheckpointHook
 
 from ..errors import DatasetNotFoundError, UsageError
 
@@ -27,30 +36,68 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
         work_dir: Folder for checkpoints and logs; by default the config's own ``work_dir``, else
             ``work_dirs/<config name>``.
 
+    ``--cfg-options`` on ``val_dataloader``, ``val_evaluator`` or ``val_cfg`` also reach their ``test_``
+    copies (``test_evaluator = val_evaluator`` in a config is copied when it is read), unless the options
+    set the test key too.
+
     A config that names no runner gets :class:`backbones.checkpoints.training.ConvNeXtDenseRunner`, so
     that ``--resume`` reads checkpoints through its schema, whatever config a user writes.
 
     Raises:
-        UsageError: The config file does not exist or cannot be read.
+        UsageError: The config file does not exist or cannot be read (see :func:`read_config`).
     """
     if not osp.isfile(path):
         raise UsageError(f'Config not found: {path}. Give the path of a config file, '
                          'e.g. configs/demo/mask_rcnn_convnext_demo.py.')
-    cfg = Config.fromfile(path)
+    cfg = read_config(path)
     cfg.setdefault('runner_type', 'ConvNeXtDenseRunner')
     if cfg_options:
+        linked = [part for part in ('dataloader', 'evaluator', 'cfg')
+                  if f'val_{part}' in cfg and cfg.get(f'test_{part}') == cfg.get(f'val_{part}')]
         cfg.merge_from_dict(cfg_options)
+        # ``test_x = val_x`` in a config is a copy made when it is read: overrides of val_x reach test_x too.
+        for part in linked:
+            if not any(key.startswith(f'test_{part}') for key in cfg_options):
+                cfg[f'test_{part}'] = copy.deepcopy(cfg[f'val_{part}'])
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join('work_dirs', osp.splitext(osp.basename(path))[0])
     return cfg
 
 
-def _dataset_cfgs(dataset: ConfigDict) -> list[ConfigDict]:
+def own_syntax_error(path: str) -> tuple[str, int | None, str] | None:
+    """``(path, line, message)`` of the syntax error in the Python file ``path`` itself, None if it parses."""
+    with open(path, encoding='utf-8', errors='replace') as file:
+        source = file.read()
+    try:
+        ast.parse(source)
+    except SyntaxError as error:
+        return path, error.lineno, error.msg
+    return None
+
+
+def read_config(path: str) -> Config:
+    """``Config.fromfile(path)``, with a config that cannot be read as one line.
+
+    Raises:
+        UsageError: A syntax error (with the file and line), a missing base file, or another error the
+            config's own code raises.
+    """
+    try:
+        return Config.fromfile(path)
+    except SyntaxError as error:
+        where, line, message = own_syntax_error(path) or (f'a _base_ file of {path}', error.lineno, error.msg)
+        raise UsageError(f'Syntax error in {where}, line {line}: {message}. Fix the config.') from None
+    except (FileNotFoundError, KeyError, AttributeError, ImportError, TypeError, ValueError) as error:
+        raise UsageError(f'Cannot read the config {path}: {type(error).__name__}: {error}. Fix the config or the '
+                         'files it names in _base_.') from None
+
+
+def dataset_cfgs(dataset: ConfigDict) -> list[ConfigDict]:
     """The leaf dataset configs inside wrappers such as RepeatDataset and ConcatDataset."""
     if 'datasets' in dataset:
-        return [leaf for child in dataset.datasets for leaf in _dataset_cfgs(child)]
+        return [leaf for child in dataset.datasets for leaf in dataset_cfgs(child)]
     if 'dataset' in dataset:
-        return _dataset_cfgs(dataset.dataset)
+        return dataset_cfgs(dataset.dataset)
     return [dataset]
 
 
@@ -67,7 +114,7 @@ def set_data_root(cfg: Config, data_root: str) -> None:
     old_roots = set()
     for split in ('train', 'val', 'test'):
         loader = cfg.get(f'{split}_dataloader')
-        for dataset in _dataset_cfgs(loader.dataset) if loader else []:
+        for dataset in dataset_cfgs(loader.dataset) if loader else []:
             old_roots.add(dataset.get('data_root', ''))
             dataset.data_root = data_root
     rewritten = set()
@@ -88,7 +135,7 @@ def check_datasets(cfg: Config, splits: list[str]) -> None:
     """
     for split in splits:
         loader = cfg.get(f'{split}_dataloader')
-        for dataset in _dataset_cfgs(loader.dataset) if loader else []:
+        for dataset in dataset_cfgs(loader.dataset) if loader else []:
             root = dataset.get('data_root', '')
             paths = [dataset.get('ann_file') or None, *dict(dataset.get('data_prefix', {})).values()]
             for path in (p for p in paths if p is not None):  # a prefix '' is the data root itself
@@ -103,6 +150,60 @@ def check_datasets(cfg: Config, splits: list[str]) -> None:
             raise DatasetNotFoundError(f"Annotation file of the {evaluator.type} evaluator not found: "
                                        f'{evaluator.ann_file}. Prepare the data as docs/datasets.md describes, '
                                        'or point --data-root at it.')
+
+
+def _accepted_options(hook_class: type) -> set[str] | None:
+    """The keyword arguments a hook class takes (None: any). ``CheckpointHook`` hands its extra keyword
+    arguments to ``Runner.save_checkpoint``, which takes none beyond those the hook passes itself."""
+    names: set[str] = set()
+    for klass in hook_class.__mro__:
+        if '__init__' not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {'self'}
+        if klass is CheckpointHook or not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return None
+
+
+def check_hook_options(cfg: Config) -> None:
+    """Check every hook's options against what its class takes, before training (a misspelt checkpoint-hook
+    option would otherwise fail at the first save).
+
+    Raises:
+        UsageError: An unknown hook type or option, naming the hook and the options it takes.
+    """
+    scope = cfg.get('default_scope') or 'mmengine'
+    registry = importlib.import_module(f'{scope}.registry').HOOKS
+    if scope != 'mmengine':
+        importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    hooks = [(f'default_hooks.{name}', hook) for name, hook in (cfg.get('default_hooks') or {}).items()]
+    hooks += [(f'custom_hooks.{index}', hook) for index, hook in enumerate(cfg.get('custom_hooks') or [])]
+    for where, hook in hooks:
+        if not isinstance(hook, dict) or not isinstance(hook.get('type'), str):
+            continue
+        hook_class = registry.get(hook['type'])
+        if hook_class is None:
+            raise UsageError(f"{where}: no hook named {hook['type']!r} in {scope}. Check the spelling of its type.")
+        accepted = _accepted_options(hook_class)
+        unknown = sorted(set(hook) - {'type', '_scope_'} - (accepted or set(hook)))
+        if unknown:
+            raise UsageError(f"{where} ({hook['type']}) has no option {unknown[0]!r}; it takes "
+                             f"{', '.join(sorted(accepted))}. Fix the config or --cfg-options.")
+
+
+def check_work_dir(work_dir: str) -> None:
+    """Create ``work_dir`` if needed and check that it can be written to.
+
+    Raises:
+        UsageError: It cannot be created or written to.
+    """
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f'Cannot create the work dir {work_dir}: {error.strerror}. Give another --work-dir.') from None
+    if not os.access(work_dir, os.W_OK | os.X_OK):
+        raise UsageError(f'Cannot write to the work dir {work_dir}: permission denied. Give another --work-dir.')
 
 
 def enable_tta(cfg: Config) -> None:

@@ -9,6 +9,7 @@ where occlusion splits an object or cuts a hole in it. The same scenes are writt
 
     OUT/coco/{train,val}/*.jpg  OUT/coco/annotations/instances_{train,val}.json
     OUT/ade/images/{training,validation}/*.jpg  OUT/ade/annotations/{training,validation}/*.png
+    OUT/ade/classes.json (the class names and colours, 0 = unlabelled: see backbones/runtime/own_data.py)
 
 The ADE20K maps follow ADE20K's convention (0 = unlabelled, loaded with reduce_zero_label): 1 is
 background, 2-5 the four classes, so the segmentor learns and is scored on background too.
@@ -26,7 +27,8 @@ from mmengine.config import Config
 DEMO_COMMON_CONFIG = Path(__file__).resolve().parents[2] / 'configs' / 'demo' / '_base_' / 'demo_common.py'
 # The class names (and palettes) are the demo configs' (configs/demo/_base_/demo_common.py), in the order
 # shape_mask draws them.
-CLASSES = tuple(Config.fromfile(DEMO_COMMON_CONFIG).demo_classes)
+DEMO_COMMON = Config.fromfile(DEMO_COMMON_CONFIG)
+CLASSES = tuple(DEMO_COMMON.demo_classes)
 # Mean BGR colour of each class; instances jitter around it.
 CLASS_COLOURS = np.array([(40, 40, 220), (40, 190, 40), (220, 90, 30), (30, 210, 230)], dtype=np.float32)
 MIN_VISIBLE_FRACTION = 0.35
@@ -128,13 +130,16 @@ def generate(out: Path, num_train: int, num_val: int, image_size: int, seed: int
         coco = dict(images=images, annotations=annotations,
                     categories=[dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)])
         (out / 'coco' / 'annotations' / f'instances_{coco_split}.json').write_text(json.dumps(coco))
+    classes = dict(classes=list(DEMO_COMMON.demo_seg_classes), palette=[list(c) for c in DEMO_COMMON.demo_seg_palette],
+                   ignore=0)
+    (out / 'ade' / 'classes.json').write_text(json.dumps(classes))
 
 
 def ensure_demo_data(out: str | Path, num_train: int, num_val: int, image_size: int, seed: int) -> bool:
     """Generate the data unless ``out`` already holds data made with these settings; return whether it did."""
     out = Path(out)
     stamp = out / 'settings.json'
-    settings = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, version=1)
+    settings = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, version=2)
     if stamp.exists() and json.loads(stamp.read_text()) == settings:
         return False
     if out.exists():

@@ -5,7 +5,6 @@ _base_ = ['../seg/upernet_convnext_t.py', './_base_/demo_common.py']
 
 data_root = 'data/demo/ade'
 crop_size = (128, 128)
-metainfo = dict(classes={{_base_.demo_seg_classes}}, palette={{_base_.demo_seg_palette}})
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
@@ -14,10 +13,10 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
-# ADE20K layout and label convention, with the demo's own classes (ADE20KDataset only takes its 150).
+# ADE20K layout and label convention; the classes come from the data's classes.json (backbones/runtime/own_data.py),
+# as for your own data.
 dataset = dict(
-    type='BaseSegDataset', data_root=data_root, metainfo=metainfo, img_suffix='.jpg', seg_map_suffix='.png',
-    reduce_zero_label=True)
+    type='BaseSegDataset', data_root=data_root, img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=True)
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),

@@ -5,7 +5,8 @@ _base_ = './demo_common.py'
 
 demo_data_root = 'data/demo/coco/'
 demo_image_size = (128, 128)
-demo_metainfo = dict(classes={{_base_.demo_classes}}, palette={{_base_.demo_palette}})
+# The classes come from the annotation files' categories (backbones/runtime/own_data.py), as for your own data.
+demo_metainfo = dict(palette={{_base_.demo_palette}})
 demo_train_dataloader = dict(
     batch_size=4,
     num_workers=0,

@@ -1,0 +1,476 @@
+"""Checks of a user's dataset before training: every bad item, grouped by kind of problem.
+
+:func:`check_coco` checks a COCO instances file against its image folder, :func:`check_label_maps` a
+folder of images against its folder of label maps (mmseg's layout). Each returns a :class:`DatasetReport`
+whose :meth:`DatasetReport.lines` are one line per kind of problem, with the count and the first
+examples, and whose ``bad_images`` are the images to leave out when training should go on without them.
+
+A file that cannot be checked at all (no annotation file, JSON that does not parse, a file without
+images) is a one-line error naming the file and the fix. Images are read with Pillow on a thread pool;
+nothing here imports mmdet, mmseg or mmengine.
+"""
+import functools
+import json
+import math
+import os
+import os.path as osp
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from ..errors import DatasetError, DatasetNotFoundError
+
+MISSING_IMAGE = 'images missing on disk'
+UNREADABLE_IMAGE = 'unreadable or truncated images'
+SIZE_MISMATCH = 'images whose size differs from the annotation file'
+BAD_IMAGE_SIZE = 'images without a positive width and height in the annotation file'
+UNKNOWN_IMAGE = 'annotations of unknown images'
+UNKNOWN_CATEGORY = 'annotations of unknown categories'
+BAD_BOX = 'boxes of zero or negative size'
+OUTSIDE_BOX = 'boxes outside the image'
+BAD_POLYGON = 'polygons with fewer than 3 points'
+EMPTY_MASK = 'annotations with an empty segmentation'
+MISSING_LABEL = 'label maps missing on disk'
+BAD_LABEL_FORMAT = 'label maps that are not 8- or 16-bit single-channel PNGs'
+LABEL_SIZE = 'label maps whose size differs from the image'
+BAD_LABEL_VALUE = 'label maps with values that are neither a class nor the ignore value'
+LABEL_OVER_255 = 'label maps with values above 255 (read as 8-bit by mmseg, so they would wrap)'
+
+KINDS = (MISSING_IMAGE, UNREADABLE_IMAGE, SIZE_MISMATCH, BAD_IMAGE_SIZE, UNKNOWN_IMAGE, UNKNOWN_CATEGORY,
+         BAD_BOX, OUTSIDE_BOX, BAD_POLYGON, EMPTY_MASK, MISSING_LABEL, BAD_LABEL_FORMAT, LABEL_SIZE,
+         BAD_LABEL_VALUE, LABEL_OVER_255)
+
+LABEL_MODES = ('L', 'P', 'I;16', 'I;16L', 'I;16B', 'I')
+BOX_TOLERANCE = 1.0
+MAX_LISTED_VALUES = 8
+
+Problem = tuple[str, str]
+Progress = Callable[[int, int], None]
+T = TypeVar('T')
+
+
+@dataclass
+class DatasetReport:
+    """What a check found in one split.
+
+    Attributes:
+        split: The split's name (``'train'``, ``'val'``...).
+        source: The annotation file or the label folder that was checked.
+        problems: Kind of problem (one of the module's constants) -> every offending item, in dataset
+            order: a file name (with details in parentheses for some kinds), or ``'ann id N (image FILE)'``
+            for an annotation. Only kinds with items are keys.
+        bad_images: The images to leave out to train without the problems: COCO ``file_name`` values, or
+            for label maps the image paths relative to the image folder without the image suffix.
+        num_images: The images of the split.
+        num_unannotated: Images that no annotation refers to: counted, not a problem.
+    """
+
+    split: str
+    source: str
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    bad_images: set[str] = field(default_factory=set)
+    num_images: int = 0
+    num_unannotated: int = 0
+
+    def ok(self) -> bool:
+        """Whether the check found no problem."""
+        return not any(self.problems.values())
+
+    def lines(self, examples: int = 3) -> list[str]:
+        """A summary line, then one line per kind of problem with its count and first examples.
+
+        Args:
+            examples: How many items each problem line names.
+
+        Returns:
+            Lines such as ``'train (annotations/train.json): 2 images missing on disk, e.g. a/b.jpg, c.jpg'``.
+        """
+        where = f'{self.split} ({self.source})'
+        lines = [f'{where}: {self.num_images} images, {self.num_unannotated} without annotations']
+        for kind, items in self.problems.items():
+            if items:
+                lines.append(f'{where}: {len(items)} {kind}, e.g. {", ".join(items[:examples])}')
+        return lines
+
+
+def read_json(path: str, max_bytes: int | None = None) -> dict[str, Any]:
+    """Read a JSON file that must hold an object, with one-line errors.
+
+    The last two files read stay cached (by path, size and modification time), so that the class lookup,
+    the check and the layout search before training parse a large annotation file once;
+    :func:`forget_json` empties the cache. Callers must not change what it returns.
+
+    Args:
+        path: The JSON file.
+        max_bytes: Refuse larger files (None: any size).
+
+    Returns:
+        The file's top-level object.
+
+    Raises:
+        DatasetNotFoundError: The file does not exist.
+        DatasetError: The file is larger than ``max_bytes``, not UTF-8 JSON, or its top level is not an object.
+    """
+    if not osp.isfile(path):
+        raise DatasetNotFoundError(f'{path} does not exist: point the config (or --data-root) at the '
+                                   'annotation file.')
+    status = os.stat(path)
+    if max_bytes is not None and status.st_size > max_bytes:
+        raise DatasetError(f'{path} is larger than {max_bytes} bytes: not the small JSON file expected here.')
+    return _read_json(osp.realpath(path), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_json(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    try:
+        with open(path, encoding='utf-8') as file:
+            data = json.load(file)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f'{path} is not valid JSON: {error.msg} at line {error.lineno}, column '
+                           f'{error.colno}; fix the file there or export it again.') from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(f'{path} is not UTF-8 text ({error.reason} at byte {error.start}); export it '
+                           'again as JSON.') from None
+    if not isinstance(data, dict):
+        raise DatasetError(f'{path} holds a JSON {type(data).__name__}, not an object; a COCO file is an '
+                           "object with 'images', 'annotations' and 'categories'.")
+    return data
+
+
+def forget_json() -> None:
+    """Empty :func:`read_json`'s cache."""
+    _read_json.cache_clear()
+
+
+def check_coco(ann_file: str, image_root: str, split: str, open_images: bool, workers: int = 8,
+               progress: Progress | None = None) -> DatasetReport:
+    """Check a COCO instances file and the images it names.
+
+    An ``'iscrowd'`` annotation's RLE segmentation is taken as it is (not decoded). An annotation with a
+    ``'segmentation'`` that is ``None``, ``[]`` or only empty polygons is an :data:`EMPTY_MASK` (mmdet's
+    mask loading fails on it with ``KeyError: 'mask'``); other polygons of fewer than 6 coordinates, or
+    of an odd number, are :data:`BAD_POLYGON`.
+
+    Args:
+        ann_file: The COCO JSON file.
+        image_root: The folder that the images' ``file_name`` values are relative to.
+        split: The split's name, for the report.
+        open_images: Also decode every image fully (catching unreadable and truncated files) and compare
+            its size with the annotation file's; otherwise only check that each image file exists.
+        workers: Threads that check the images.
+        progress: Called as ``progress(done, total)`` with the count of images checked so far.
+
+    Returns:
+        The report of the split.
+
+    Raises:
+        DatasetNotFoundError: ``ann_file`` does not exist.
+        DatasetError: ``ann_file`` is not JSON, or lacks the lists of images, annotations or categories,
+            or lists no images, or an image without an id and a file name.
+    """
+    data = read_json(ann_file)
+    images, annotations, categories = _coco_lists(data, ann_file)
+    found: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    bad_images: set[str] = set()
+
+    def report(kind: str, item: str, file_name: str | None) -> None:
+        found[kind].append(item)
+        if file_name is not None:
+            bad_images.add(file_name)
+
+    names: dict[Any, str] = {}
+    sizes: dict[Any, tuple[float, float]] = {}
+    for index, image in enumerate(images):
+        if not isinstance(image, dict) or not _is_key(image.get('id')) or not isinstance(image.get('file_name'), str):
+            raise DatasetError(f"{ann_file}: images[{index}] has no 'id' and 'file_name'; every image entry "
+                               "needs both (and a 'width' and 'height').")
+        names[image['id']] = image['file_name']
+        width, height = image.get('width'), image.get('height')
+        if _is_number(width) and _is_number(height) and width > 0 and height > 0:
+            sizes[image['id']] = (width, height)
+        else:
+            report(BAD_IMAGE_SIZE, image['file_name'], image['file_name'])
+
+    category_ids = {category.get('id') for category in categories if isinstance(category, dict)}
+    annotated: set[Any] = set()
+    for index, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise DatasetError(f'{ann_file}: annotations[{index}] is a JSON {type(ann).__name__}, not an '
+                               'object; fix the file or export it again.')
+        image_id = ann.get('image_id')
+        file_name = names.get(image_id) if _is_key(image_id) else None
+        if file_name is not None:
+            annotated.add(image_id)
+        for kind in _annotation_problems(ann, file_name is not None, sizes, category_ids):
+            report(kind, _annotation_name(ann, index, file_name), file_name)
+
+    probes = [(osp.join(image_root, image['file_name']), image['file_name'], sizes.get(image['id']), open_images)
+              for image in images]
+    with _strict_decoding():
+        for (_, file_name, *_), problems in zip(probes, _in_threads(_check_image, probes, workers, progress)):
+            for kind, item in problems:
+                report(kind, item, file_name)
+    return DatasetReport(split=split, source=ann_file, problems=_non_empty(found), bad_images=bad_images,
+                         num_images=len(images), num_unannotated=len(names.keys() - annotated))
+
+
+def check_label_maps(image_dir: str, label_dir: str, split: str, img_suffix: str, seg_map_suffix: str,
+                     num_classes: int, reduce_zero_label: bool, ignore_index: int = 255, open_images: bool = True,
+                     sample: int | None = None, workers: int = 8, progress: Progress | None = None) -> DatasetReport:
+    """Check a folder of images against its folder of label maps, paired as mmseg pairs them.
+
+    Every file under ``image_dir`` (recursively) whose name ends with ``img_suffix`` is an image; its label
+    map is the same relative path under ``label_dir`` with ``seg_map_suffix`` in place of ``img_suffix``.
+    Valid label values are ``0..num_classes-1`` and ``ignore_index``, or with ``reduce_zero_label``,
+    ``0..num_classes`` and ``ignore_index`` (0 becomes the ignore value).
+
+    Args:
+        image_dir: The folder of images.
+        label_dir: The folder of label maps.
+        split: The split's name, for the report.
+        img_suffix: The images' file name ending (``'.jpg'``).
+        seg_map_suffix: The label maps' file name ending (``'.png'``).
+        num_classes: The classes of the dataset.
+        reduce_zero_label: Whether label 0 is the ignored background and classes start at 1.
+        ignore_index: The ignored label value.
+        open_images: Also decode every image fully (catching unreadable and truncated files), and read
+            every label map. Otherwise every label map's existence is checked, but only ``sample`` of them
+            (evenly spaced) are read, all when ``sample`` is ``None``.
+        sample: How many label maps to read when ``open_images`` is false.
+        workers: Threads that check the pairs.
+        progress: Called as ``progress(done, total)`` with the count of pairs checked so far.
+
+    Returns:
+        The report of the split.
+
+    Raises:
+        DatasetNotFoundError: ``image_dir`` or ``label_dir`` is not a folder.
+        DatasetError: ``image_dir`` holds no file ending with ``img_suffix``.
+    """
+    for folder in (image_dir, label_dir):
+        if not osp.isdir(folder):
+            raise DatasetNotFoundError(f'{folder} is not a folder: point the config (or --data-root) at the '
+                                       "dataset's image and label folders.")
+    stems = [path[:-len(img_suffix)] for path in _files_under(image_dir) if path.endswith(img_suffix)]
+    if not stems:
+        raise DatasetError(f"{image_dir} holds no images ending with '{img_suffix}': set the config's "
+                           'img_suffix to the images\' suffix, or point the image folder at them.')
+    if open_images or sample is None:
+        read = set(range(len(stems)))
+    else:
+        count = min(max(sample, 0), len(stems))
+        read = {i * len(stems) // count for i in range(count)}
+    valid = _LabelValues(num_classes, reduce_zero_label, ignore_index)
+    pairs = [(stem, img_suffix, seg_map_suffix, image_dir, label_dir, open_images, index in read, valid)
+             for index, stem in enumerate(stems)]
+
+    found: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    bad_images: set[str] = set()
+    with _strict_decoding():
+        for (stem, *_), problems in zip(pairs, _in_threads(_check_pair, pairs, workers, progress)):
+            for kind, item in problems:
+                found[kind].append(item)
+                bad_images.add(stem)
+    return DatasetReport(split=split, source=label_dir, problems=_non_empty(found), bad_images=bad_images,
+                         num_images=len(stems))
+
+
+def _coco_lists(data: dict[str, Any], ann_file: str) -> tuple[list, list, list]:
+    """The images, annotations and categories of a COCO file, or a one-line error for a missing one."""
+    for key in ('images', 'annotations', 'categories'):
+        if not isinstance(data.get(key), list):
+            found = 'has none' if key not in data else f'holds a JSON {type(data[key]).__name__}'
+            raise DatasetError(f"{ann_file}: '{key}' {found}; a COCO instances file needs the lists 'images', "
+                               "'annotations' (may be empty) and 'categories'.")
+    if not data['images']:
+        raise DatasetError(f"{ann_file} holds no images: an empty split; point the config at the split's "
+                           'annotation file or leave the split out.')
+    return data['images'], data['annotations'], data['categories']
+
+
+def _annotation_problems(ann: dict, known_image: bool, sizes: dict[Any, tuple[float, float]],
+                         category_ids: set) -> Iterator[str]:
+    """The kinds of problem of one COCO annotation."""
+    if not known_image:
+        yield UNKNOWN_IMAGE
+    category_id = ann.get('category_id')
+    if not _is_key(category_id) or category_id not in category_ids:
+        yield UNKNOWN_CATEGORY
+    box = ann.get('bbox')
+    if not isinstance(box, list) or len(box) != 4 or not all(_is_number(value) for value in box):
+        yield BAD_BOX
+    else:
+        x, y, w, h = box
+        size = sizes.get(ann['image_id']) if known_image else None
+        if not (w > 0 and h > 0):
+            yield BAD_BOX
+        elif size is not None and (x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > size[0] + BOX_TOLERANCE
+                                   or y + h > size[1] + BOX_TOLERANCE):
+            yield OUTSIDE_BOX
+    if 'segmentation' in ann:
+        segmentation = ann['segmentation']
+        if segmentation is None or isinstance(segmentation, list) and not any(segmentation):
+            yield EMPTY_MASK
+        elif isinstance(segmentation, list) and any(
+                not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 for polygon in segmentation):
+            yield BAD_POLYGON
+
+
+def _annotation_name(ann: dict, index: int, file_name: str | None) -> str:
+    """How a report names an annotation: its id and its image's file name (or image id, when unknown)."""
+    name = f"ann id {ann['id']}" if 'id' in ann else f'annotations[{index}]'
+    return f'{name} (image {file_name})' if file_name is not None else f"{name} (image id {ann.get('image_id')})"
+
+
+def _check_image(path: str, name: str, size: tuple[float, float] | None, decode: bool) -> list[Problem]:
+    """The problems of one image file: missing, or (when decoding) unreadable or of another size."""
+    if not osp.isfile(path):
+        return [(MISSING_IMAGE, name)]
+    if not decode:
+        return []
+    decoded = _decoded_size(path)
+    if decoded is None:
+        return [(UNREADABLE_IMAGE, name)]
+    if size is not None and decoded != tuple(size):
+        return [(SIZE_MISMATCH, f'{name} ({decoded[0]}x{decoded[1]} on disk, {size[0]}x{size[1]} in the file)')]
+    return []
+
+
+def _check_pair(stem: str, img_suffix: str, seg_map_suffix: str, image_dir: str, label_dir: str, decode: bool,
+                read_label: bool, valid: '_LabelValues') -> list[Problem]:
+    """The problems of one image and its label map."""
+    image_name, label_name = stem + img_suffix, stem + seg_map_suffix
+    problems: list[Problem] = []
+    if decode:
+        image_size = _decoded_size(osp.join(image_dir, image_name))
+        if image_size is None:
+            problems.append((UNREADABLE_IMAGE, image_name))
+    elif read_label:
+        image_size = _header_size(osp.join(image_dir, image_name))
+    else:
+        image_size = None
+    label_path = osp.join(label_dir, label_name)
+    if not osp.isfile(label_path):
+        problems.append((MISSING_LABEL, label_name))
+    elif read_label:
+        problems.extend(_check_label(label_path, label_name, image_size, valid))
+    return problems
+
+
+class _LabelValues:
+    """Which raw label values are classes or the ignore value."""
+
+    def __init__(self, num_classes: int, reduce_zero_label: bool, ignore_index: int) -> None:
+        self.lowest, self.highest = (0, num_classes) if reduce_zero_label else (0, num_classes - 1)
+        self.ignore_index = ignore_index
+
+    def invalid(self, values: np.ndarray) -> np.ndarray:
+        """The values (sorted, distinct) that are neither a class nor the ignore value."""
+        return values[((values < self.lowest) | (values > self.highest)) & (values != self.ignore_index)]
+
+
+def _check_label(path: str, name: str, image_size: tuple[int, int] | None, valid: _LabelValues) -> list[Problem]:
+    """The problems of one label map that exists: its format, size and values."""
+    try:
+        with Image.open(path) as label:
+            if label.format != 'PNG' or label.mode not in LABEL_MODES:
+                return [(BAD_LABEL_FORMAT, f'{name} ({label.format} {label.mode})')]
+            label.load()
+            values = np.unique(np.asarray(label))
+            size = label.size
+    except Exception:  # Pillow raises many types (OSError, SyntaxError, ValueError...) on bad files
+        return [(BAD_LABEL_FORMAT, f'{name} (unreadable)')]
+    if values[0] < 0 or values[-1] > np.iinfo(np.uint16).max:
+        return [(BAD_LABEL_FORMAT, f'{name} (32-bit values)')]
+    problems: list[Problem] = []
+    if image_size is not None and size != image_size:
+        problems.append((LABEL_SIZE, f'{name} ({size[0]}x{size[1]}, image {image_size[0]}x{image_size[1]})'))
+    invalid = valid.invalid(values)
+    if invalid.size:
+        problems.append((BAD_LABEL_VALUE, f'{name} (values {_listed(invalid)})'))
+    if values[-1] > np.iinfo(np.uint8).max:
+        problems.append((LABEL_OVER_255, f'{name} (values {_listed(values[values > np.iinfo(np.uint8).max])})'))
+    return problems
+
+
+def _listed(values: np.ndarray) -> str:
+    """The first values, comma-separated, with ``...`` when there are more."""
+    listed = ', '.join(str(value) for value in values[:MAX_LISTED_VALUES].tolist())
+    return listed + (', ...' if values.size > MAX_LISTED_VALUES else '')
+
+
+def _decoded_size(path: str) -> tuple[int, int] | None:
+    """The size of a fully decoded image, or ``None`` when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.size
+    except Exception:  # Pillow raises many types (OSError, SyntaxError, ValueError...) on bad files
+        return None
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """The size in an image's header, or ``None`` when it has no readable header."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # Pillow raises many types on bad files
+        return None
+
+
+@contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """Make Pillow fail on truncated images (its default) for the duration, whatever a caller set."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _in_threads(func: Callable[..., T], calls: Sequence[tuple], workers: int, progress: Progress | None) -> list[T]:
+    """``func(*args)`` for each of ``calls`` on ``workers`` threads, in chunks, in the order of ``calls``."""
+    chunk = max(1, min(256, math.ceil(len(calls) / (workers * 4))))
+    chunks = [calls[start:start + chunk] for start in range(0, len(calls), chunk)]
+    results: list[list[T]] = [[] for _ in chunks]
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(lambda part: [func(*args) for args in part], part): index
+                   for index, part in enumerate(chunks)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            done += len(chunks[futures[future]])
+            if progress is not None:
+                progress(done, len(calls))
+    return [result for part in results for result in part]
+
+
+def _files_under(folder: str) -> list[str]:
+    """Every file under ``folder``, recursively, as sorted relative paths with ``/`` separators."""
+    paths = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        relative = osp.relpath(root, folder)
+        paths.extend(name if relative == '.' else f'{relative}/{name}'.replace(os.sep, '/') for name in files)
+    return sorted(paths)
+
+
+def _non_empty(found: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The kinds that have items, in the order of :data:`KINDS`."""
+    return {kind: items for kind, items in found.items() if items}
+
+
+def _is_number(value: Any) -> bool:
+    """Whether a JSON value is a number (not a boolean)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_key(value: Any) -> bool:
+    """Whether a JSON value can be an id (a number or a string, not a list or an object)."""
+    return isinstance(value, (int, float, str))
