@@ -32,6 +32,7 @@ from backbones.checkpoints.formats import DENSE_PARTS, convert_state_dict, unwra
 from backbones.checkpoints.huggingface import write_transformers_folder
 from backbones.checkpoints.writing import write_atomic
 from backbones.runtime.cli import run_tool
+from backbones.runtime.own_data import dataset_meta_of
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,7 +47,7 @@ def parse_args() -> argparse.Namespace:
 
 def class_names(checkpoint: dict) -> list[str] | None:
     """The class names our training stores in a checkpoint (``meta.dataset_meta.classes``), if any."""
-    classes = ((checkpoint.get('meta') or {}).get('dataset_meta') or {}).get('classes')
+    classes = dataset_meta_of(checkpoint).get('classes')
     return [str(name) for name in classes] if isinstance(classes, (list, tuple)) else None
 
 

@@ -67,7 +67,8 @@ class DatasetReport:
         bad_images: The images to leave out to train without the problems: COCO ``file_name`` values, or
             for label maps the image paths relative to the image folder without the image suffix.
         num_images: The images of the split.
-        num_unannotated: Images that no annotation refers to: counted, not a problem.
+        num_unannotated: Images that no annotation refers to: counted, not a problem; None for label maps
+            (every image has its map, or the map is missing).
     """
 
     split: str
@@ -75,7 +76,7 @@ class DatasetReport:
     problems: dict[str, list[str]] = field(default_factory=dict)
     bad_images: set[str] = field(default_factory=set)
     num_images: int = 0
-    num_unannotated: int = 0
+    num_unannotated: int | None = 0
 
     def ok(self) -> bool:
         """Whether the check found no problem."""
@@ -91,7 +92,8 @@ class DatasetReport:
             Lines such as ``'train (annotations/train.json): 2 images missing on disk, e.g. a/b.jpg, c.jpg'``.
         """
         where = f'{self.split} ({self.source})'
-        lines = [f'{where}: {self.num_images} images, {self.num_unannotated} without annotations']
+        unannotated = '' if self.num_unannotated is None else f', {self.num_unannotated} without annotations'
+        lines = [f'{where}: {self.num_images} images{unannotated}']
         for kind, items in self.problems.items():
             if items:
                 lines.append(f'{where}: {len(items)} {kind}, e.g. {", ".join(items[:examples])}')
@@ -277,7 +279,7 @@ def check_label_maps(image_dir: str, label_dir: str, split: str, img_suffix: str
                 found[kind].append(item)
                 bad_images.add(stem)
     return DatasetReport(split=split, source=label_dir, problems=_non_empty(found), bad_images=bad_images,
-                         num_images=len(stems))
+                         num_images=len(stems), num_unannotated=None)
 
 
 def _coco_lists(data: dict[str, Any], ann_file: str) -> tuple[list, list, list]:

@@ -9,7 +9,6 @@
 * :func:`enable_tta`: ``--tta``, the config's test-time augmentation model and pipeline.
 """
 import ast
-import copy
 import importlib
 import inspect
 import os
@@ -36,9 +35,9 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
         work_dir: Folder for checkpoints and logs; by default the config's own ``work_dir``, else
             ``work_dirs/<config name>``.
 
-    ``--cfg-options`` on ``val_dataloader``, ``val_evaluator`` or ``val_cfg`` also reach their ``test_``
-    copies (``test_evaluator = val_evaluator`` in a config is copied when it is read), unless the options
-    set the test key too.
+    ``--cfg-options`` inside ``val_dataloader`` or ``val_evaluator`` (``val_evaluator.ann_file=...``) also
+    reach their ``test_`` copies (``test_evaluator = val_evaluator`` in a config is copied when it is
+    read), unless the options set test keys too.
 
     A config that names no runner gets :class:`backbones.checkpoints.training.ConvNeXtDenseRunner`, so
     that ``--resume`` reads checkpoints through its schema, whatever config a user writes.
@@ -52,13 +51,13 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
     cfg = read_config(path)
     cfg.setdefault('runner_type', 'ConvNeXtDenseRunner')
     if cfg_options:
-        linked = [part for part in ('dataloader', 'evaluator', 'cfg')
-                  if f'val_{part}' in cfg and cfg.get(f'test_{part}') == cfg.get(f'val_{part}')]
-        cfg.merge_from_dict(cfg_options)
-        # ``test_x = val_x`` in a config is a copy made when it is read: overrides of val_x reach test_x too.
-        for part in linked:
-            if not any(key.startswith(f'test_{part}') for key in cfg_options):
-                cfg[f'test_{part}'] = copy.deepcopy(cfg[f'val_{part}'])
+        # ``test_x = val_x`` in a config is a copy made when it is read: overrides inside val_x reach test_x too.
+        linked = {part for part in ('dataloader', 'evaluator') if f'val_{part}' in cfg
+                  and cfg.get(f'test_{part}') == cfg.get(f'val_{part}') and not any(
+                      key.startswith(f'test_{part}') for key in cfg_options)}
+        cfg.merge_from_dict({**cfg_options, **{f'test_{key[4:]}': value for key, value in cfg_options.items()
+                                               if key.startswith('val_') and key[4:].split('.')[0] in linked
+                                               and '.' in key}})
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join('work_dirs', osp.splitext(osp.basename(path))[0])
     return cfg

@@ -113,7 +113,8 @@ def check_before_training(cfg: Config, skip_bad: bool) -> list[str]:
             lines += [f'{line} (left out: --skip-bad)' for line in found]
             lines.append(f'{report.split}: {len(report.bad_images)} images left out, e.g. '
                          f'{", ".join(sorted(report.bad_images)[:EXAMPLES])}; the rest is in {copy}.')
-        problems += found
+        else:
+            problems += found
     forget_json()
     if problems:
         raise DatasetError('\n'.join([*problems, 'Fix these items (tools/check_dataset.py lists them all), or pass '

@@ -3,7 +3,7 @@
 Detection (COCO format). For each split, the annotation file is the config's if it exists under the data
 root, else the first of ``annotations/instances_<split>.json``, ``annotations/<split>.json`` and
 ``<split>.json`` (``test`` uses ``val``'s names too); images are found where the file's first
-``file_name`` is: under the config's image folder, ``<split>/``, ``images/<split>/``, ``images/`` or the root
+``file_name`` values are: under the config's image folder, ``<split>/``, ``images/<split>/``, ``images/`` or the root
 itself, so nested folders named in ``file_name`` work as they are. The classes are the training file's
 ``categories`` in the order the file lists them (mmdet numbers labels in that order; list them by id).
 
@@ -137,14 +137,19 @@ def _coco_categories(ann_file: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     return names, ids
 
 
-def _first_file_name(ann_file: str) -> str | None:
+def _some_file_names(ann_file: str, count: int = 10) -> list[str]:
+    """The first ``count`` image ``file_name`` values of a COCO file.
+
+    Raises:
+        DatasetError: The file holds no images.
+    """
     content = read_json(ann_file)
-    images = content.get('images') if isinstance(content, dict) else None
+    images = content.get('images')
     if not isinstance(images, list) or not images:
         raise DatasetError(f'{ann_file} holds no images (no "images" list, or an empty one): an empty split. '
                            'Export the split again, or point the config at another file.')
-    name = images[0].get('file_name') if isinstance(images[0], dict) else None
-    return name if isinstance(name, str) else None
+    names = [image.get('file_name') for image in images[:count] if isinstance(image, dict)]
+    return [name for name in names if isinstance(name, str)]
 
 
 def resolve_coco_files(cfg: Config) -> None:
@@ -160,12 +165,12 @@ def resolve_coco_files(cfg: Config) -> None:
         ann_file = osp.join(root, dataset.ann_file)
         if not osp.isfile(ann_file):
             continue  # check_datasets names it
-        first = _first_file_name(ann_file)
+        file_names = _some_file_names(ann_file)
         prefix = dict(dataset.get('data_prefix') or {}).get('img', '')
-        if first and not osp.isfile(osp.join(root, prefix, first)):
-            folders = [f'{name}/' for name in names] + [f'images/{name}/' for name in names] + ['images/', '']
-            prefix = next((f for f in folders if osp.isfile(osp.join(root, f, first))), prefix)
-            dataset.data_prefix = dict(dataset.get('data_prefix') or {}, img=prefix)
+        folders = [prefix] + [f'{name}/' for name in names] + [f'images/{name}/' for name in names] + ['images/', '']
+        found = next((folder for folder in folders if any(osp.isfile(osp.join(root, folder, file_name))
+                                                          for file_name in file_names)), prefix)
+        dataset.data_prefix = dict(dataset.get('data_prefix') or {}, img=found)
         evaluator = cfg.get(f'{split}_evaluator')
         if isinstance(evaluator, dict) and 'ann_file' in evaluator:
             evaluator.ann_file = ann_file
@@ -294,14 +299,17 @@ def classes_from_data(cfg: Config, split: str = 'train', named_by: str = 'the co
     return None
 
 
-def checkpoint_dataset_meta(path: str) -> dict:
-    """The ``meta.dataset_meta`` a checkpoint written by training carries ({} for other checkpoints)."""
-    if not osp.isfile(path):
-        return {}
-    checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+def dataset_meta_of(checkpoint: Any) -> dict:
+    """The ``meta.dataset_meta`` (classes, palette, category ids) of a checkpoint written by training; {}
+    for other checkpoints."""
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     dataset_meta = meta.get('dataset_meta') if isinstance(meta, dict) else None
     return dataset_meta if isinstance(dataset_meta, dict) else {}
+
+
+def checkpoint_dataset_meta(path: str) -> dict:
+    """:func:`dataset_meta_of` the checkpoint file ``path`` ({} for folders, URLs and ``hf://`` names)."""
+    return dataset_meta_of(CheckpointLoader.load_checkpoint(path, map_location='cpu')) if osp.isfile(path) else {}
 
 
 def apply_checkpoint_classes(cfg: Config, checkpoint: str) -> str | None:

@@ -51,7 +51,10 @@ def demo(tmp_path_factory) -> Path:
         torch.manual_seed(0)
         model = MODELS.build(cfg.model)
         model.init_weights()
-        torch.save({'state_dict': model.state_dict(), 'meta': {}}, root / f'{name}.pth')
+        # The classes the checkpoints of tools/train.py carry (the demo data's, in the annotation files' order).
+        classes = dict(classes=cfg.demo_classes, category_ids=(1, 2, 3, 4), palette=cfg.demo_palette) \
+            if name == 'det' else dict(classes=cfg.demo_seg_classes, palette=cfg.demo_seg_palette)
+        torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': classes}}, root / f'{name}.pth')
     return root
 
 
@@ -87,7 +90,7 @@ def test_detection_writes_coco_results_equal_to_mmdets_inferencer(demo, tmp_path
     cfg = Config.fromfile(DET_CONFIG)
     cfg.model.test_cfg.rcnn.max_per_img = MAX_DETECTIONS
     mmdet = DetInferencer(cfg, weights=str(demo / 'det.pth'), device='cpu', show_progress=False)
-    classes = cfg.demo_metainfo['classes']
+    classes = cfg.demo_classes
     for image in ('val_00000.jpg', 'val_00001.jpg'):
         ours = [record for record in records if record['image'] == image]
         theirs = mmdet(str(demo / 'images' / image), return_datasamples=True)['predictions'][0].pred_instances
@@ -97,7 +100,7 @@ def test_detection_writes_coco_results_equal_to_mmdets_inferencer(demo, tmp_path
         np.testing.assert_allclose(boxes[:, :2], theirs.bboxes[:, :2], atol=1e-3)
         np.testing.assert_allclose(boxes[:, :2] + boxes[:, 2:], theirs.bboxes[:, 2:], atol=1e-3)
         np.testing.assert_array_equal([record['score'] for record in ours], theirs.scores)
-        assert [record['category_id'] for record in ours] == theirs.labels.tolist()
+        assert [record['category_id'] for record in ours] == [label + 1 for label in theirs.labels]  # the files' ids
         assert [record['category_name'] for record in ours] == [classes[label] for label in theirs.labels]
         masks = np.stack([mask_utils.decode(record['segmentation']) for record in ours])
         assert masks.shape == (len(ours), SIZE, SIZE)

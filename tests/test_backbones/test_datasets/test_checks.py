@@ -265,7 +265,7 @@ def test_a_clean_label_map_set_is_ok_with_only_the_summary_line(tmp_path) -> Non
     report = check_seg(image_dir, label_dir, progress=lambda done, total: calls.append((done, total)))
     assert report.ok() and report.bad_images == set()
     assert (report.split, report.source, report.num_images) == ('val', label_dir, 3)
-    assert report.lines() == [f'val ({label_dir}): 3 images, 0 without annotations']
+    assert report.lines() == [f'val ({label_dir}): 3 images']
     assert calls[-1] == (3, 3)
 
 
