@@ -238,9 +238,10 @@ def build_inferencer(cfg: Config, checkpoint: str, device: str) -> BaseInference
     load_model_weights(unwrap_model(inferencer.model), checkpoint, MMLogger.get_current_instance())
     metainfo = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
     heads = {path: head.num_classes for path, head in class_heads(cfg.model)}
-    if any(count != len(metainfo['classes']) for count in heads.values()):
+    classes = metainfo.get('classes') or ()
+    if not classes or any(count != len(classes) for count in heads.values()):
         raise UsageError(f'{checkpoint} does not carry its class names, and the config\'s test set has '
-                         f"{len(metainfo['classes'])} classes for heads of {max(heads.values())}: name the classes "
+                         f'{len(classes)} classes for heads of {max(heads.values(), default=0)}: name the classes '
                          'with --cfg-options test_dataloader.dataset.metainfo.classes="(a,b,...)".')
     inferencer.visualizer.dataset_meta = dict(classes=metainfo['classes'], palette=metainfo.get('palette'),
                                               category_ids=metainfo.get('category_ids'))

@@ -24,6 +24,7 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 
 from backbones.checkpoints.formats import load_model_weights
+from backbones.datasets.checks import forget_json
 from backbones.errors import UsageError
 from backbones.runtime import cli
 from backbones.runtime.config import check_datasets, check_work_dir, enable_tta, load_config, set_data_root
@@ -82,6 +83,7 @@ def main() -> None:
     trained_on = apply_checkpoint_classes(cfg, args.checkpoint)
     log_lines = [trained_on, classes_from_data(cfg, 'test', f'the checkpoint {args.checkpoint}' if trained_on
                                                else 'the config')]
+    forget_json()  # the annotation files parsed for the classes: mmdet reads them itself
     check_datasets(cfg, ['test'])
     check_work_dir(cfg.work_dir)
     adapt_to_cpu(cfg)

@@ -13,8 +13,8 @@ label maps with a classes.json (segmentation). The classes come from the data, e
 number, and the dataset is checked before the model is built: annotations, files on disk, label values
 (a sample). A bad item stops the run with one line per kind of problem; --skip-bad leaves those items out
 instead. --load-from CKPT starts from a detector or segmentor checkpoint (COCO, ADE20K or your own, any
-format tools/test.py reads); with other classes its class layers are initialised afresh, and the log says
-which.
+format tools/test.py reads); with another number of classes its class layers are initialised afresh, and
+the log says which (with as many classes but other names they are kept: the log of the classes shows them).
 Multi-GPU and multi-node: tools/dist_train.sh, tools/slurm_train.sh.
 """
 import argparse

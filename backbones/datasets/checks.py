@@ -34,7 +34,8 @@ UNKNOWN_CATEGORY = 'annotations of unknown categories'
 BAD_BOX = 'boxes of zero or negative size'
 OUTSIDE_BOX = 'boxes outside the image'
 BAD_POLYGON = 'polygons with fewer than 3 points'
-EMPTY_MASK = 'annotations with an empty segmentation'
+EMPTY_MASK = 'annotations without a segmentation (missing or empty; the configs train masks)'
+MISSING_AREA = 'annotations without a numeric area (mmdet reads it)'
 MISSING_LABEL = 'label maps missing on disk'
 BAD_LABEL_FORMAT = 'label maps that are not 8- or 16-bit single-channel PNGs'
 LABEL_SIZE = 'label maps whose size differs from the image'
@@ -42,7 +43,7 @@ BAD_LABEL_VALUE = 'label maps with values that are neither a class nor the ignor
 LABEL_OVER_255 = 'label maps with values above 255 (read as 8-bit by mmseg, so they would wrap)'
 
 KINDS = (MISSING_IMAGE, UNREADABLE_IMAGE, SIZE_MISMATCH, BAD_IMAGE_SIZE, UNKNOWN_IMAGE, UNKNOWN_CATEGORY,
-         BAD_BOX, OUTSIDE_BOX, BAD_POLYGON, EMPTY_MASK, MISSING_LABEL, BAD_LABEL_FORMAT, LABEL_SIZE,
+         BAD_BOX, OUTSIDE_BOX, BAD_POLYGON, EMPTY_MASK, MISSING_AREA, MISSING_LABEL, BAD_LABEL_FORMAT, LABEL_SIZE,
          BAD_LABEL_VALUE, LABEL_OVER_255)
 
 LABEL_MODES = ('L', 'P', 'I;16', 'I;16L', 'I;16B', 'I')
@@ -153,10 +154,11 @@ def check_coco(ann_file: str, image_root: str, split: str, open_images: bool, wo
                progress: Progress | None = None) -> DatasetReport:
     """Check a COCO instances file and the images it names.
 
-    An ``'iscrowd'`` annotation's RLE segmentation is taken as it is (not decoded). An annotation with a
-    ``'segmentation'`` that is ``None``, ``[]`` or only empty polygons is an :data:`EMPTY_MASK` (mmdet's
-    mask loading fails on it with ``KeyError: 'mask'``); other polygons of fewer than 6 coordinates, or
-    of an odd number, are :data:`BAD_POLYGON`.
+    An ``'iscrowd'`` annotation's RLE segmentation is taken as it is (not decoded). An annotation without a
+    ``'segmentation'``, or with one that is empty (``None``, ``[]``, ``{}``, only empty polygons) is an
+    :data:`EMPTY_MASK` (every config trains masks, and mmdet's mask loading fails on it with
+    ``KeyError: 'mask'``); one without a numeric ``area`` a :data:`MISSING_AREA`; other polygons of fewer
+    than 6 coordinates, or of an odd number, are :data:`BAD_POLYGON`.
 
     Args:
         ann_file: The COCO JSON file.
@@ -314,13 +316,14 @@ def _annotation_problems(ann: dict, known_image: bool, sizes: dict[Any, tuple[fl
         elif size is not None and (x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > size[0] + BOX_TOLERANCE
                                    or y + h > size[1] + BOX_TOLERANCE):
             yield OUTSIDE_BOX
-    if 'segmentation' in ann:
-        segmentation = ann['segmentation']
-        if segmentation is None or isinstance(segmentation, list) and not any(segmentation):
-            yield EMPTY_MASK
-        elif isinstance(segmentation, list) and any(
-                not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 for polygon in segmentation):
-            yield BAD_POLYGON
+    if not _is_number(ann.get('area')):
+        yield MISSING_AREA
+    segmentation = ann.get('segmentation')
+    if not segmentation or isinstance(segmentation, list) and not any(segmentation):
+        yield EMPTY_MASK
+    elif isinstance(segmentation, list) and any(
+            not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 for polygon in segmentation):
+        yield BAD_POLYGON
 
 
 def _annotation_name(ann: dict, index: int, file_name: str | None) -> str:

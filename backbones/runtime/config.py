@@ -86,7 +86,7 @@ def read_config(path: str) -> Config:
     except SyntaxError as error:
         where, line, message = own_syntax_error(path) or (f'a _base_ file of {path}', error.lineno, error.msg)
         raise UsageError(f'Syntax error in {where}, line {line}: {message}. Fix the config.') from None
-    except (FileNotFoundError, KeyError, AttributeError, ImportError, TypeError, ValueError) as error:
+    except Exception as error:  # the config's own code may raise anything: a NameError, a ZeroDivisionError...
         raise UsageError(f'Cannot read the config {path}: {type(error).__name__}: {error}. Fix the config or the '
                          'files it names in _base_.') from None
 
@@ -185,7 +185,8 @@ def check_hook_options(cfg: Config) -> None:
         if hook_class is None:
             raise UsageError(f"{where}: no hook named {hook['type']!r} in {scope}. Check the spelling of its type.")
         accepted = _accepted_options(hook_class)
-        unknown = sorted(set(hook) - {'type', '_scope_'} - (accepted or set(hook)))
+        # The runner takes a hook's priority itself.
+        unknown = sorted(set(hook) - {'type', '_scope_', 'priority'} - (accepted or set(hook)))
         if unknown:
             raise UsageError(f"{where} ({hook['type']}) has no option {unknown[0]!r}; it takes "
                              f"{', '.join(sorted(accepted))}. Fix the config or --cfg-options.")

@@ -117,8 +117,8 @@ def check_before_training(cfg: Config, skip_bad: bool) -> list[str]:
             problems += found
     forget_json()
     if problems:
-        raise DatasetError('\n'.join([*problems, 'Fix these items (tools/check_dataset.py lists them all), or pass '
-                                      '--skip-bad to train without them.']))
+        raise DatasetError('\n'.join([*problems, 'Fix these items (tools/check_dataset.py also decodes every '
+                                      'image), or pass --skip-bad to train without them.']))
     return lines
 
 

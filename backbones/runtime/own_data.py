@@ -2,10 +2,10 @@
 
 Detection (COCO format). For each split, the annotation file is the config's if it exists under the data
 root, else the first of ``annotations/instances_<split>.json``, ``annotations/<split>.json`` and
-``<split>.json`` (``test`` uses ``val``'s names too); images are found where the file's first
+``<split>.json`` (``test`` falls back to ``val``'s names); images are found where the file's first
 ``file_name`` values are: under the config's image folder, ``<split>/``, ``images/<split>/``, ``images/`` or the root
 itself, so nested folders named in ``file_name`` work as they are. The classes are the training file's
-``categories`` in the order the file lists them (mmdet numbers labels in that order; list them by id).
+``categories`` in the order the file lists them (mmdet and its COCO metric number labels in that order).
 
 Segmentation (label maps): a ``classes.json`` in the data root,
 ``{"classes": [...], "palette": [[r, g, b], ...], "ignore": 255}`` (palette optional), turns any
@@ -32,10 +32,12 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from ..datasets.checks import read_json
 from ..errors import DatasetError, UsageError
-from .cli import task_of
+from .cli import TASKS
 from .config import dataset_cfgs
 
 CLASS_FILE = 'classes.json'
+# Segmentation datasets whose class defines its classes.
+NAMED_CLASS_DATASETS = ('ADE20KDataset', 'CityscapesDataset', 'PascalVOCDataset', 'COCOStuffDataset')
 SPLITS = ('train', 'val', 'test')
 SEG_SPLIT_FOLDERS = {'train': ('training', 'train'), 'val': ('validation', 'val'), 'test': ('validation', 'val')}
 MAX_CLASS_FILE_BYTES = 1 << 20
@@ -107,7 +109,7 @@ def set_classes(cfg: Config, classes: tuple[str, ...], source: str, named_by: st
         dataset.metainfo = dict(dataset.get('metainfo') or {}, classes=classes, **metainfo)
         if len(dataset.metainfo.get('palette') or ()) < len(classes):  # a palette for other classes does not fit
             dataset.metainfo.pop('palette', None)
-            if task_of(cfg) == 'detection' and len(classes) > COCO_PALETTE_SIZE:
+            if TASKS.get(cfg.get('default_scope')) == 'detection' and len(classes) > COCO_PALETTE_SIZE:
                 dataset.metainfo.palette = _palette(len(classes))
     for _, head in heads:
         head.num_classes = len(classes)
@@ -131,9 +133,6 @@ def _coco_categories(ann_file: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     if repeated:
         raise DatasetError(f'{ann_file} lists the category {repeated[0]} more than once: give each category a '
                            'unique name and id.')
-    if list(ids) != sorted(ids):
-        raise DatasetError(f'{ann_file} lists its categories out of id order ({", ".join(map(str, ids))}): mmdet '
-                           'numbers classes in the order of the file, so list them by id.')
     return names, ids
 
 
@@ -158,7 +157,7 @@ def resolve_coco_files(cfg: Config) -> None:
         if not str(dataset.get('ann_file', '')).endswith('.json'):
             continue
         root = dataset.get('data_root', '')
-        names = ('val', 'test') if split == 'test' else (split,)
+        names = ('test', 'val') if split == 'test' else (split,)
         candidates = [dataset.ann_file, *(pattern.format(name) for name in names for pattern in (
             'annotations/instances_{}.json', 'annotations/{}.json', '{}.json'))]
         dataset.ann_file = next((c for c in candidates if osp.isfile(osp.join(root, c))), dataset.ann_file)
@@ -185,7 +184,7 @@ def classes_from_coco(cfg: Config, split: str = 'train', named_by: str = 'the co
     splits' files have the same categories (see the module doc).
 
     Raises:
-        DatasetError: A file without categories, with repeated ones or out of id order, or splits that differ.
+        DatasetError: A file without categories or with repeated ones, or splits that differ.
         UsageError: The config names other classes (see :func:`set_classes`).
     """
     resolve_coco_files(cfg)
@@ -287,7 +286,7 @@ def classes_from_data(cfg: Config, split: str = 'train', named_by: str = 'the co
     """Set the classes of a detection or segmentation config from its ``split`` data (module doc); for
     segmentation without a ``classes.json``, check the heads against the config's own classes. Returns the
     line for the log (None for other configs)."""
-    task = task_of(cfg)
+    task = TASKS.get(cfg.get('default_scope'))
     if task == 'detection':
         return classes_from_coco(cfg, split, named_by)
     if task == 'segmentation':
@@ -295,6 +294,9 @@ def classes_from_data(cfg: Config, split: str = 'train', named_by: str = 'the co
         train = _train_dataset(cfg)
         if line is None and train is not None and explicit_classes(train):
             line = set_classes(cfg, explicit_classes(train), 'the config')
+        if line is None and train is not None and train.get('type') not in NAMED_CLASS_DATASETS:
+            raise UsageError(f"{cfg.filename} names no classes and {train.get('data_root', '')} has no {CLASS_FILE}: "
+                             'write one (docs/own_data.md) or name them in metainfo.classes.')
         return line
     return None
 
@@ -327,4 +329,7 @@ def apply_checkpoint_classes(cfg: Config, checkpoint: str) -> str | None:
     palette = meta.get('palette')
     if isinstance(palette, (list, tuple)) and len(palette) >= len(classes):
         extra['palette'] = [tuple(int(c) for c in colour) for colour in palette[:len(classes)]]
+    for _, dataset in split_loaders(cfg):
+        if dataset.get('type') == 'ADE20KDataset':  # it takes only ADE20K's own 150 classes
+            dataset.type = 'BaseSegDataset'
     return set_classes(cfg, tuple(classes), checkpoint, **extra)

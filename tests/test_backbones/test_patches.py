@@ -52,7 +52,8 @@ REGISTERED = [
     'HOOKS/mmengine/FCMAEReconstructionHook', 'HOOKS/mmengine/RandomStateHook', 'MODELS/mmengine/ConvNeXt',
     'MODELS/mmengine/FCMAE', 'OPTIM_WRAPPERS/mmengine/AutocastOptimWrapper',
     'OPTIM_WRAPPER_CONSTRUCTORS/mmengine/LRDecayOptimWrapperConstructor', 'RUNNERS/mmengine/ConvNeXtDenseRunner',
-    'TRANSFORMS/convnext_dense/PackImageInputs', 'TRANSFORMS/convnext_dense/RandomResizedCrop',
+    'TRANSFORMS/convnext_dense/LoadImageOrSkip', 'TRANSFORMS/convnext_dense/PackImageInputs',
+    'TRANSFORMS/convnext_dense/RandomResizedCrop',
 ]
 
 

@@ -152,14 +152,18 @@ def test_polygons_of_fewer_than_three_points_or_odd_coordinates(tmp_path) -> Non
     assert report.problems == {checks.BAD_POLYGON: ['ann id 1 (image a.jpg)', 'ann id 2 (image sub/b.jpg)']}
 
 
-def test_empty_segmentations_but_not_rle_crowds_or_box_only_annotations(tmp_path) -> None:
+def test_empty_or_missing_segmentations_but_not_rle_crowds(tmp_path) -> None:
+    # Every config trains masks: a box-only annotation would fail in mmdet's mask loading (KeyError: 'mask').
     crowd = box_ann(3, 2, iscrowd=1, segmentation=dict(counts='PPYo0', size=[SIZE, SIZE]))
     box_only = box_ann(4, 3)
     del box_only['segmentation']
+    no_area = box_ann(5, 2)
+    del no_area['area']
     report = check(tmp_path, annotations=[box_ann(1, 1, segmentation=[]), box_ann(2, 2, segmentation=[[], []]),
-                                          crowd, box_only])
-    assert report.problems == {checks.EMPTY_MASK: ['ann id 1 (image a.jpg)', 'ann id 2 (image sub/b.jpg)']}
-    assert report.bad_images == {'a.jpg', 'sub/b.jpg'}
+                                          crowd, box_only, no_area])
+    assert report.problems == {
+        checks.EMPTY_MASK: ['ann id 1 (image a.jpg)', 'ann id 2 (image sub/b.jpg)', 'ann id 4 (image c.jpg)'],
+        checks.MISSING_AREA: ['ann id 5 (image sub/b.jpg)']}
     assert report.num_unannotated == 0
 
 

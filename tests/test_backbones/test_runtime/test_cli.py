@@ -6,7 +6,7 @@ import sys
 import pytest
 from mmengine.config import Config
 
-from backbones.errors import CheckpointError, DatasetNotFoundError, UsageError
+from backbones.errors import CheckpointError, DatasetError, DatasetNotFoundError, UsageError
 from backbones.runtime import cli
 
 TOOL = '''
@@ -22,8 +22,8 @@ run_tool(main)
 '''
 
 
-@pytest.mark.parametrize('error', ['CheckpointError', 'CheckpointNotFoundError', 'DatasetNotFoundError',
-                                   'UsageError'])
+@pytest.mark.parametrize('error', ['CheckpointError', 'CheckpointNotFoundError', 'DatasetError',
+                                   'DatasetNotFoundError', 'UsageError'])
 def test_a_project_error_is_one_line_and_exit_code_1(error: str) -> None:
     result = subprocess.run([sys.executable, '-c', TOOL.format(error=error)], capture_output=True, text=True)
     assert (result.returncode, result.stdout, result.stderr) == (1, 'started\n', 'error: what is wrong; what to do.\n')
@@ -72,4 +72,4 @@ def test_common_arguments_have_one_definition_each() -> None:
 
 
 def test_project_errors_are_the_ones_run_tool_reports() -> None:
-    assert set(cli.PROJECT_ERRORS) == {CheckpointError, DatasetNotFoundError, UsageError}
+    assert set(cli.PROJECT_ERRORS) == {CheckpointError, DatasetError, DatasetNotFoundError, UsageError}
