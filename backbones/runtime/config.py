@@ -13,6 +13,7 @@ import importlib
 import inspect
 import os
 import os.path as osp
+from collections.abc import Iterator, Sequence
 
 from mmengine.config import Config, ConfigDict
 from mmengine.hooks import CheckpointHook
@@ -20,6 +21,7 @@ from mmengine.hooks import CheckpointHook
 from ..errors import DatasetNotFoundError, UsageError
 
 # Where the docs say how to prepare each dataset, for the one-line error of a missing one.
+SPLITS = ('train', 'val', 'test')
 DATASET_DOCS = {'CocoDataset': 'docs/datasets.md#coco', 'ADE20KDataset': 'docs/datasets.md#ade20k',
                 'ImageFolderDataset': 'docs/pretraining.md'}
 
@@ -91,13 +93,22 @@ def read_config(path: str) -> Config:
                          'files it names in _base_.') from None
 
 
-def dataset_cfgs(dataset: ConfigDict) -> list[ConfigDict]:
+def _leaf_datasets(dataset: ConfigDict) -> list[ConfigDict]:
     """The leaf dataset configs inside wrappers such as RepeatDataset and ConcatDataset."""
     if 'datasets' in dataset:
-        return [leaf for child in dataset.datasets for leaf in dataset_cfgs(child)]
+        return [leaf for child in dataset.datasets for leaf in _leaf_datasets(child)]
     if 'dataset' in dataset:
-        return dataset_cfgs(dataset.dataset)
+        return _leaf_datasets(dataset.dataset)
     return [dataset]
+
+
+def split_datasets(cfg: Config, splits: Sequence[str] = SPLITS) -> Iterator[tuple[str, ConfigDict]]:
+    """The ``(split, leaf dataset config)`` pairs of the ``splits`` dataloaders (inside wrappers such as
+    RepeatDataset and ConcatDataset)."""
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        for dataset in _leaf_datasets(loader.dataset) if loader else []:
+            yield split, dataset
 
 
 def _evaluator_cfgs(cfg: Config) -> list[ConfigDict]:
@@ -111,11 +122,9 @@ def _evaluator_cfgs(cfg: Config) -> list[ConfigDict]:
 def set_data_root(cfg: Config, data_root: str) -> None:
     """Use ``data_root`` for every dataset and for evaluator annotation files under the old roots."""
     old_roots = set()
-    for split in ('train', 'val', 'test'):
-        loader = cfg.get(f'{split}_dataloader')
-        for dataset in dataset_cfgs(loader.dataset) if loader else []:
-            old_roots.add(dataset.get('data_root', ''))
-            dataset.data_root = data_root
+    for _, dataset in split_datasets(cfg):
+        old_roots.add(dataset.get('data_root', ''))
+        dataset.data_root = data_root
     rewritten = set()
     for evaluator in _evaluator_cfgs(cfg):
         ann_file = str(evaluator.get('ann_file', ''))
@@ -126,24 +135,22 @@ def set_data_root(cfg: Config, data_root: str) -> None:
     cfg.data_root = data_root
 
 
-def check_datasets(cfg: Config, splits: list[str]) -> None:
+def check_datasets(cfg: Config, splits: Sequence[str]) -> None:
     """Check that the files and folders of the ``splits`` dataloaders exist.
 
     Raises:
         DatasetNotFoundError: The first missing path, the dataset and the README section to read.
     """
-    for split in splits:
-        loader = cfg.get(f'{split}_dataloader')
-        for dataset in dataset_cfgs(loader.dataset) if loader else []:
-            root = dataset.get('data_root', '')
-            paths = [dataset.get('ann_file') or None, *dict(dataset.get('data_prefix', {})).values()]
-            for path in (p for p in paths if p is not None):  # a prefix '' is the data root itself
-                full = osp.join(root, path)
-                if full and not osp.exists(full):
-                    docs = DATASET_DOCS.get(dataset.get('type'), 'docs/datasets.md')
-                    raise DatasetNotFoundError(
-                        f"{dataset.get('type', 'Dataset')} {split} split not found: {full} does not exist. Prepare "
-                        f'the data as {docs} describes, or point --data-root at it.')
+    for split, dataset in split_datasets(cfg, splits):
+        root = dataset.get('data_root', '')
+        paths = [dataset.get('ann_file') or None, *dict(dataset.get('data_prefix', {})).values()]
+        for path in (p for p in paths if p is not None):  # a prefix '' is the data root itself
+            full = osp.join(root, path)
+            if full and not osp.exists(full):
+                docs = DATASET_DOCS.get(dataset.get('type'), 'docs/datasets.md')
+                raise DatasetNotFoundError(
+                    f"{dataset.get('type', 'Dataset')} {split} split not found: {full} does not exist. Prepare "
+                    f'the data as {docs} describes, or point --data-root at it.')
     for evaluator in _evaluator_cfgs(cfg):
         if evaluator.get('ann_file') and not osp.exists(evaluator.ann_file):
             raise DatasetNotFoundError(f"Annotation file of the {evaluator.type} evaluator not found: "

@@ -17,7 +17,7 @@ from mmengine.config import Config, ConfigDict
 
 from ..datasets.checks import DatasetReport, Progress, check_coco, check_label_maps, forget_json, read_json
 from ..errors import DatasetError
-from .own_data import split_loaders
+from .config import split_datasets
 
 LABEL_SAMPLE = 200  # label maps whose values the check before training reads
 SKIP_BAD_DIR = 'skip_bad'
@@ -56,9 +56,9 @@ def check_config_datasets(cfg: Config, splits: tuple[str, ...], open_images: boo
                           progress: Progress | None = None) -> Iterator[tuple[ConfigDict, DatasetReport]]:
     """The report of every checkable leaf dataset of the ``splits`` dataloaders, each file once."""
     seen = set()
-    for split, dataset in split_loaders(cfg):
+    for split, dataset in split_datasets(cfg, splits):
         key = (dataset.get('data_root'), dataset.get('ann_file'), str(dataset.get('data_prefix')))
-        if split in splits and key not in seen:
+        if key not in seen:
             seen.add(key)
             report = check_dataset(cfg, dataset, split, open_images, workers, progress)
             if report is not None:
@@ -125,7 +125,7 @@ def check_before_training(cfg: Config, skip_bad: bool) -> list[str]:
 def skip_unreadable_images(cfg: Config) -> None:
     """Load training images with ``convnext_dense.LoadImageOrSkip`` (see
     :mod:`backbones.datasets.skip_unreadable`) instead of mmcv's ``LoadImageFromFile``."""
-    for split, dataset in split_loaders(cfg):
-        for transform in (dataset.get('pipeline') or []) if split == 'train' else []:
+    for _, dataset in split_datasets(cfg, ['train']):
+        for transform in dataset.get('pipeline') or []:
             if transform.get('type') in ('LoadImageFromFile', 'mmcv.LoadImageFromFile'):
                 transform.type = 'convnext_dense.LoadImageOrSkip'

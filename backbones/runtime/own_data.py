@@ -33,23 +33,14 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from ..datasets.checks import read_json
 from ..errors import DatasetError, UsageError
 from .cli import TASKS
-from .config import dataset_cfgs
+from .config import split_datasets
 
 CLASS_FILE = 'classes.json'
 # Segmentation datasets whose class defines its classes.
 NAMED_CLASS_DATASETS = ('ADE20KDataset', 'CityscapesDataset', 'PascalVOCDataset', 'COCOStuffDataset')
-SPLITS = ('train', 'val', 'test')
 SEG_SPLIT_FOLDERS = {'train': ('training', 'train'), 'val': ('validation', 'val'), 'test': ('validation', 'val')}
 MAX_CLASS_FILE_BYTES = 1 << 20
 COCO_PALETTE_SIZE = 80  # CocoDataset's own palette: enough colours for up to 80 classes
-
-
-def split_loaders(cfg: Config) -> Iterator[tuple[str, ConfigDict]]:
-    """The ``(split, leaf dataset config)`` pairs of the config's dataloaders."""
-    for split in SPLITS:
-        loader = cfg.get(f'{split}_dataloader')
-        for dataset in dataset_cfgs(loader.dataset) if loader else []:
-            yield split, dataset
 
 
 def explicit_classes(dataset: ConfigDict) -> tuple[str, ...] | None:
@@ -93,7 +84,7 @@ def set_classes(cfg: Config, classes: tuple[str, ...], source: str, named_by: st
         UsageError: The config names other classes, or a head another ``num_classes`` while the config names
             its classes.
     """
-    named = next((explicit_classes(dataset) for _, dataset in split_loaders(cfg) if explicit_classes(dataset)), None)
+    named = next((explicit_classes(dataset) for _, dataset in split_datasets(cfg) if explicit_classes(dataset)), None)
     if named is not None and named != classes:
         raise UsageError(f'The classes of {named_by} ({", ".join(named)}) are not those of {source} '
                          f'({", ".join(classes)}): make them equal (same names, same order), or remove '
@@ -105,7 +96,7 @@ def set_classes(cfg: Config, classes: tuple[str, ...], source: str, named_by: st
                 raise UsageError(f'{path}.num_classes is {head.num_classes} but the config names {len(classes)} '
                                  f'classes: set it to {len(classes)}, or remove num_classes and metainfo.classes '
                                  'to take both from the data.')
-    for _, dataset in split_loaders(cfg):
+    for _, dataset in split_datasets(cfg):
         dataset.metainfo = dict(dataset.get('metainfo') or {}, classes=classes, **metainfo)
         if len(dataset.metainfo.get('palette') or ()) < len(classes):  # a palette for other classes does not fit
             dataset.metainfo.pop('palette', None)
@@ -120,7 +111,7 @@ def set_classes(cfg: Config, classes: tuple[str, ...], source: str, named_by: st
 def _coco_categories(ann_file: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """The category names and ids of a COCO annotation file, in the file's order (mmdet's labels)."""
     content = read_json(ann_file)
-    categories = content.get('categories') if isinstance(content, dict) else None
+    categories = content.get('categories')
     if not isinstance(categories, list) or not categories or not all(
             isinstance(c, dict) and isinstance(c.get('name'), str) and isinstance(c.get('id'), int)
             for c in categories):
@@ -153,7 +144,7 @@ def _some_file_names(ann_file: str, count: int = 10) -> list[str]:
 
 def resolve_coco_files(cfg: Config) -> None:
     """Point every COCO dataset and evaluator of ``cfg`` at the files found under its data root (module doc)."""
-    for split, dataset in split_loaders(cfg):
+    for split, dataset in split_datasets(cfg):
         if not str(dataset.get('ann_file', '')).endswith('.json'):
             continue
         root = dataset.get('data_root', '')
@@ -176,7 +167,7 @@ def resolve_coco_files(cfg: Config) -> None:
 
 
 def _train_dataset(cfg: Config) -> ConfigDict | None:
-    return next((dataset for split, dataset in split_loaders(cfg) if split == 'train'), None)
+    return next((dataset for _, dataset in split_datasets(cfg, ['train'])), None)
 
 
 def classes_from_coco(cfg: Config, split: str = 'train', named_by: str = 'the config') -> str | None:
@@ -189,7 +180,7 @@ def classes_from_coco(cfg: Config, split: str = 'train', named_by: str = 'the co
     """
     resolve_coco_files(cfg)
     files = {}
-    for name, dataset in split_loaders(cfg):
+    for name, dataset in split_datasets(cfg):
         ann_file = osp.join(dataset.get('data_root', ''), str(dataset.get('ann_file', '')))
         if ann_file.endswith('.json') and osp.isfile(ann_file):
             files.setdefault(name, ann_file)
@@ -215,7 +206,7 @@ def read_class_file(path: str) -> tuple[tuple[str, ...], list | None, bool]:
         DatasetError: A file that does not hold them, naming what is wrong.
     """
     content = read_json(path, MAX_CLASS_FILE_BYTES)
-    classes = content.get('classes') if isinstance(content, dict) else None
+    classes = content.get('classes')
     if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
         raise DatasetError(f'{path} has no "classes" list of names: write {{"classes": ["road", "car", ...]}}.')
     if len(set(classes)) != len(classes):
@@ -266,7 +257,7 @@ def classes_from_label_maps(cfg: Config, named_by: str = 'the config') -> str | 
     if not osp.isfile(class_file):
         return None
     classes, palette, reduce_zero_label = read_class_file(class_file)
-    for split, dataset in split_loaders(cfg):
+    for split, dataset in split_datasets(cfg):
         root = dataset.get('data_root', '')
         images, labels = _folder(root, 'images', split), _folder(root, 'annotations', split)
         if images and labels:
@@ -329,7 +320,7 @@ def apply_checkpoint_classes(cfg: Config, checkpoint: str) -> str | None:
     palette = meta.get('palette')
     if isinstance(palette, (list, tuple)) and len(palette) >= len(classes):
         extra['palette'] = [tuple(int(c) for c in colour) for colour in palette[:len(classes)]]
-    for _, dataset in split_loaders(cfg):
+    for _, dataset in split_datasets(cfg):
         if dataset.get('type') == 'ADE20KDataset':  # it takes only ADE20K's own 150 classes
             dataset.type = 'BaseSegDataset'
     return set_classes(cfg, tuple(classes), checkpoint, **extra)
