@@ -69,6 +69,8 @@ def _palette(count: int) -> list[tuple[int, int, int]]:
 def set_classes(cfg: Config, classes: tuple[str, ...], source: str, named_by: str = 'the config',
                 **metainfo: Any) -> str:
     """Give every dataloader ``classes`` (and ``metainfo``) and every class-specific head their number.
+    ``ADE20KDataset`` becomes the equivalent ``BaseSegDataset`` (with ADE20K's ``reduce_zero_label``
+    unless set), since it refuses classes other than ADE20K's.
 
     Args:
         cfg: The config.
@@ -97,6 +99,9 @@ def set_classes(cfg: Config, classes: tuple[str, ...], source: str, named_by: st
                                  f'classes: set it to {len(classes)}, or remove num_classes and metainfo.classes '
                                  'to take both from the data.')
     for _, dataset in split_datasets(cfg):
+        if dataset.get('type') == 'ADE20KDataset':  # it takes only ADE20K's own classes: the same dataset, generic
+            dataset.type = 'BaseSegDataset'
+            dataset.setdefault('reduce_zero_label', True)  # ADE20KDataset's default, which its pipelines assume
         dataset.metainfo = dict(dataset.get('metainfo') or {}, classes=classes, **metainfo)
         if len(dataset.metainfo.get('palette') or ()) < len(classes):  # a palette for other classes does not fit
             dataset.metainfo.pop('palette', None)
@@ -263,8 +268,6 @@ def classes_from_label_maps(cfg: Config, named_by: str = 'the config') -> str | 
         if images and labels:
             dataset.data_prefix = dict(img_path=images, seg_map_path=labels)
             dataset.img_suffix = _image_suffix(osp.join(root, images))
-        if dataset.get('type') == 'ADE20KDataset':
-            dataset.type = 'BaseSegDataset'
         dataset.seg_map_suffix = '.png'
         dataset.reduce_zero_label = reduce_zero_label
     for key in list(cfg.keys()):
@@ -320,7 +323,4 @@ def apply_checkpoint_classes(cfg: Config, checkpoint: str) -> str | None:
     palette = meta.get('palette')
     if isinstance(palette, (list, tuple)) and len(palette) >= len(classes):
         extra['palette'] = [tuple(int(c) for c in colour) for colour in palette[:len(classes)]]
-    for _, dataset in split_datasets(cfg):
-        if dataset.get('type') == 'ADE20KDataset':  # it takes only ADE20K's own 150 classes
-            dataset.type = 'BaseSegDataset'
     return set_classes(cfg, tuple(classes), checkpoint, **extra)

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
@@ -33,7 +34,7 @@ from backbones.errors import DatasetError, UsageError
 from backbones.runtime.config import load_config, set_data_root
 from backbones.runtime.dataset_check import check_before_training
 from backbones.runtime.demo_data import ensure_demo_data
-from backbones.runtime.own_data import classes_from_data
+from backbones.runtime.own_data import apply_checkpoint_classes, classes_from_data
 from tests.helpers import OWN_CLASSES, OWN_SEG_CLASSES, make_own_coco, make_own_label_maps
 
 DET_CONFIG = 'configs/demo/mask_rcnn_convnext_demo.py'
@@ -106,6 +107,20 @@ def test_label_map_classes_come_from_classes_json(own_maps) -> None:
     assert dict(dataset.data_prefix) == dict(img_path='images/train', seg_map_path='annotations/train')
     assert all(step.reduce_zero_label is False for step in dataset.pipeline if step.type == 'LoadAnnotations')
     assert cfg.val_dataloader.dataset.data_prefix.img_path == 'images/val'
+
+
+def test_an_ade20k_config_takes_a_checkpoints_classes_with_ade20ks_label_convention(tmp_path) -> None:
+    checkpoint = tmp_path / 'trained.pth'
+    torch.save({'state_dict': {}, 'meta': {'dataset_meta': {'classes': ('crack', 'rust')}}}, checkpoint)
+    cfg = load_config('configs/seg/upernet_convnext_t.py')
+    assert apply_checkpoint_classes(cfg, str(checkpoint)).startswith(f'2 classes from {checkpoint}: crack, rust')
+    for split in ('train', 'val', 'test'):
+        dataset = cfg[f'{split}_dataloader'].dataset
+        assert dataset.type == 'BaseSegDataset' and dataset.metainfo.classes == ('crack', 'rust')
+        # mmseg asserts that the dataset and its LoadAnnotations agree: ADE20KDataset's default, kept.
+        loading = [step for step in dataset.pipeline if step.type == 'LoadAnnotations']
+        assert dataset.reduce_zero_label is True and loading and all(step.reduce_zero_label for step in loading)
+    assert cfg.model.decode_head.num_classes == 2 and cfg.model.auxiliary_head.num_classes == 2
 
 
 def test_class_mismatches_are_one_line(own_coco) -> None:
