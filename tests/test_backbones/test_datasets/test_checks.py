@@ -30,6 +30,14 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
 
 
+def damage(path: Path, how: str) -> None:
+    """Make an image unreadable: text under its name, or its first half only."""
+    if how == 'text':
+        path.write_text('not an image, whatever its name says')
+    else:
+        truncate(path)
+
+
 def image_entry(image_id: int, file_name: str, width: Any = SIZE, height: Any = SIZE) -> dict:
     return dict(id=image_id, file_name=file_name, width=width, height=height)
 
@@ -84,14 +92,10 @@ def test_missing_images_are_named_by_file_name(tmp_path) -> None:
     assert not report.ok()
 
 
-@pytest.mark.parametrize('damage', ['text', 'truncated'])
-def test_text_and_truncated_jpegs_are_unreadable_only_when_images_are_opened(tmp_path, damage: str) -> None:
+@pytest.mark.parametrize('how', ['text', 'truncated'])
+def test_text_and_truncated_jpegs_are_unreadable_only_when_images_are_opened(tmp_path, how: str) -> None:
     ann_file, image_root = coco_set(tmp_path)
-    path = tmp_path / 'images' / 'sub' / 'b.jpg'
-    if damage == 'text':
-        path.write_text('not an image, whatever its name says')
-    else:
-        truncate(path)
+    damage(tmp_path / 'images' / 'sub' / 'b.jpg', how)
     report = check_coco(ann_file, image_root, 'train', open_images=True, workers=2)
     assert report.problems == {checks.UNREADABLE_IMAGE: ['sub/b.jpg']}
     assert report.bad_images == {'sub/b.jpg'}
@@ -333,14 +337,10 @@ def test_16_bit_label_maps_with_small_valid_values_are_fine(tmp_path) -> None:
     assert check_seg(image_dir, label_dir).ok()
 
 
-@pytest.mark.parametrize('damage', ['text', 'truncated'])
-def test_unreadable_images_of_a_label_map_set_only_when_images_are_opened(tmp_path, damage: str) -> None:
+@pytest.mark.parametrize('how', ['text', 'truncated'])
+def test_unreadable_images_of_a_label_map_set_only_when_images_are_opened(tmp_path, how: str) -> None:
     image_dir, label_dir = seg_set(tmp_path)
-    path = tmp_path / 'images' / 'sub' / 'b.jpg'
-    if damage == 'text':
-        path.write_text('not an image')
-    else:
-        truncate(path)
+    damage(tmp_path / 'images' / 'sub' / 'b.jpg', how)
     report = check_seg(image_dir, label_dir)
     assert report.problems == {checks.UNREADABLE_IMAGE: ['sub/b.jpg']}
     assert report.bad_images == {'sub/b'}
