@@ -2,7 +2,7 @@
 
     python tools/infer.py CONFIG CKPT INPUTS... --out DIR [--batch-size N] [--score-thr T] [--tta]
                           [--precision {auto,fp32,bf16,fp16}] [--channels-last] [--compile] [--device DEVICE]
-                          [--cfg-options KEY=VALUE ...]
+                          [--backend {pytorch,onnxruntime}] [--cfg-options KEY=VALUE ...]
 
 INPUTS: image files, folders (searched recursively for .jpg, .png, .bmp, .tif, .webp, ... images), glob
 patterns (quoted: 'photos/**/*.jpg') and video files that OpenCV reads, whose frames become images named
@@ -25,9 +25,10 @@ The class names and colours are those a checkpoint of tools/train.py carries (th
 trained on), else the config's (its test set). --tta runs the config's test-time augmentation
 (segmentation: scales 0.5 to 1.75 with flip). --precision (default auto: fp16 on CUDA, bf16 on a CPU that
 computes it natively, else fp32) runs the model under autocast, as tools/test.py does; --channels-last and
---compile are tools/test.py's too. A batch holds consecutive images of one size. A file that is
-not a readable image or video is skipped with one warning line; the exit status is 0 when at least one image
-was processed.
+--compile are tools/test.py's too. --backend onnxruntime runs an exported model instead (CKPT: the
+model.onnx of tools/export.py) on the CPU, with the same outputs (docs/deploy.md). A batch holds
+consecutive images of one size. A file that is not a readable image or video is skipped with one warning
+line; the exit status is 0 when at least one image was processed.
 """
 import argparse
 import glob
@@ -60,6 +61,7 @@ from backbones.runtime import cli
 from backbones.runtime.config import enable_tta, load_config
 from backbones.runtime.device import resolve_device, unwrap_model
 from backbones.runtime.inference import prepare_inference
+from backbones.runtime.onnx_backend import add_backend, apply_onnx_classes, check_backend_options, use_onnx_model
 from backbones.runtime.own_data import apply_checkpoint_classes, class_heads
 from backbones.runtime.precision import resolve_precision
 
@@ -104,6 +106,7 @@ def parse_args() -> argparse.Namespace:
     cli.add_precision(parser, default='auto', default_help="auto, the machine's fastest")
     cli.add_inference_options(parser)
     cli.add_device(parser)
+    add_backend(parser)
     cli.add_config_options(parser)
     args = parser.parse_args()
     if args.batch_size < 1:
@@ -225,9 +228,10 @@ def batches(images: Iterable[Image], size: int) -> Iterator[list[Image]]:
         yield batch
 
 
-def build_inferencer(cfg: Config, checkpoint: str, device: str) -> BaseInferencer:
+def build_inferencer(cfg: Config, checkpoint: str, device: str, onnx: bool = False) -> BaseInferencer:
     """mmdet's DetInferencer or mmseg's MMSegInferencer for ``cfg``, with the weights of ``checkpoint`` loaded
-    as tools/test.py loads them and the class names and palette of the config's test set.
+    as tools/test.py loads them (``onnx``: the exported model of ``checkpoint`` run by ONNX Runtime) and the
+    class names and palette of the config's test set.
 
     Raises:
         CheckpointError: A checkpoint that cannot be read or does not fit the model, in one line.
@@ -235,7 +239,8 @@ def build_inferencer(cfg: Config, checkpoint: str, device: str) -> BaseInference
     with warnings.catch_warnings():  # both warn that no weights were given: they are loaded below
         warnings.filterwarnings('ignore', message='(Checkpoint is not loaded|weights is None)')
         inferencer = INFERENCERS[cli.task_of(cfg)](model=cfg, device=device)
-    load_model_weights(unwrap_model(inferencer.model), checkpoint, MMLogger.get_current_instance())
+    if not onnx:
+        load_model_weights(unwrap_model(inferencer.model), checkpoint, MMLogger.get_current_instance())
     metainfo = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
     heads = {path: head.num_classes for path, head in class_heads(cfg.model)}
     classes = metainfo.get('classes') or ()
@@ -301,7 +306,9 @@ def main() -> None:
     cfg = load_config(args.config, args.cfg_options)
     if cli.task_of(cfg) not in INFERENCERS:
         raise UsageError(f'{args.config} is not a detection or segmentation config: infer.py runs those.')
-    trained_on = apply_checkpoint_classes(cfg, args.checkpoint)
+    check_backend_options(args)
+    onnx = args.backend == 'onnxruntime'
+    trained_on = (apply_onnx_classes if onnx else apply_checkpoint_classes)(cfg, args.checkpoint)
     if trained_on:
         MMLogger.get_current_instance().info(trained_on)
     if args.tta:
@@ -316,8 +323,11 @@ def main() -> None:
         warn(f'skipping {problem}')
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    inferencer = build_inferencer(cfg, args.checkpoint, str(device))
-    prepare_inference(inferencer.model, precision, args.channels_last, args.compile)
+    if onnx:
+        use_onnx_model(cfg, args.checkpoint)
+    inferencer = build_inferencer(cfg, args.checkpoint, 'cpu' if onnx else str(device), onnx)
+    if not onnx:
+        prepare_inference(inferencer.model, precision, args.channels_last, args.compile)
     if not run(inferencer, files, Path(args.out), args.batch_size, args.score_thr):
         raise UsageError('no input could be read as an image')
 

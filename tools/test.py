@@ -2,6 +2,7 @@
 
     python tools/test.py CONFIG CKPT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta]
                          [--precision {auto,fp32,bf16,fp16}] [--channels-last] [--compile]
+                         [--backend {pytorch,onnxruntime}]
                          [--data-root DIR] [--cfg-options KEY=VALUE ...] [--launcher ...]
 
 CKPT may be a checkpoint written by tools/train.py or one of the official ConvNeXt COCO/ADE20K
@@ -16,6 +17,9 @@ autocast; auto is fp16 on CUDA, bf16 on a CPU that computes it natively, fp32 on
 --channels-last runs the convolutions in NHWC, --compile torch.compiles the backbone (the first image of
 each new size compiles; for long evaluations); docs/speed.md has what each buys. On a CPU,
 RoIAlign always runs on all cores (backbones/runtime/inference.py).
+--backend onnxruntime evaluates an exported model instead (CKPT: the model.onnx of tools/export.py, with the
+config it was exported from): the same pipeline, metrics and output files, the network run by ONNX Runtime on
+the CPU in the precision it was exported in (docs/deploy.md).
 """
 import argparse
 import os.path as osp
@@ -30,6 +34,7 @@ from backbones.runtime import cli
 from backbones.runtime.config import check_datasets, check_work_dir, enable_tta, load_config, set_data_root
 from backbones.runtime.device import adapt_to_cpu, default_device, unwrap_model
 from backbones.runtime.inference import prepare_inference
+from backbones.runtime.onnx_backend import add_backend, apply_onnx_classes, check_backend_options, use_onnx_model
 from backbones.runtime.own_data import apply_checkpoint_classes, classes_from_data
 from backbones.runtime.precision import resolve_precision
 
@@ -44,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (multi-scale + flip)')
     cli.add_precision(parser, default='fp32', default_help='fp32, the exact scores')
     cli.add_inference_options(parser)
+    add_backend(parser)
     cli.add_data_root(parser)
     cli.add_config_options(parser)
     cli.add_launcher(parser)
@@ -79,20 +85,25 @@ def main() -> None:
         enable_tta(cfg)
     if args.data_root:
         set_data_root(cfg, args.data_root)
+    check_backend_options(args)
     precision = resolve_precision(args.precision, default_device())
-    trained_on = apply_checkpoint_classes(cfg, args.checkpoint)
+    onnx = args.backend == 'onnxruntime'
+    trained_on = (apply_onnx_classes if onnx else apply_checkpoint_classes)(cfg, args.checkpoint)
     log_lines = [trained_on, classes_from_data(cfg, 'test', f'the checkpoint {args.checkpoint}' if trained_on
                                                else 'the config')]
     forget_json()  # the annotation files parsed for the classes: mmdet reads them itself
     check_datasets(cfg, ['test'])
     check_work_dir(cfg.work_dir)
     adapt_to_cpu(cfg)
+    if onnx:
+        use_onnx_model(cfg, args.checkpoint)
 
     runner = RUNNERS.build(cfg)
     for line in filter(None, log_lines):
         runner.logger.info(line)
-    load_model_weights(unwrap_model(runner.model), args.checkpoint, runner.logger)
-    prepare_inference(runner.model, precision, args.channels_last, args.compile)
+    if not onnx:
+        load_model_weights(unwrap_model(runner.model), args.checkpoint, runner.logger)
+        prepare_inference(runner.model, precision, args.channels_last, args.compile)
     runner.test()
 
 

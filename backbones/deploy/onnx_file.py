@@ -1,0 +1,223 @@
+"""Reading an exported ONNX file so that it contributes numbers only, never a program of its own.
+
+An ONNX file is a program: its operators can read files (external data), load operator libraries (custom
+domains), allocate what a shape tensor asks for, or run subgraphs. Checking its operators one by one against
+a list would be the patching that did not converge for checkpoints. Here the graph that runs is ours by
+construction: :func:`open_exported` traces the same config again (random weights, the family, precision and
+sample size the file states) and requires the file's graph to be that graph, node for node (operator,
+attributes, constants, wiring, inputs, outputs, opsets), with every weight an inline tensor of the shape and
+type the traced graph gives it. What the file can then choose is the values of its weights (and which of
+its equal-shaped weights a node reads, as the exporter's de-duplication of equal weights does), which is
+data. The metadata is JSON of bounded size, checked field by field (:func:`read_info`).
+
+The file is read once into memory (at most :data:`MAX_FILE_BYTES`) and handed to ONNX Runtime as bytes, so
+ONNX Runtime opens no path of the file's choosing.
+"""
+import json
+import os
+from dataclasses import fields
+
+import numpy as np
+import onnx
+import torch
+from mmengine.registry import MODELS
+from torch import nn
+
+from ..errors import CheckpointError
+from .export import FAMILIES, FORMAT_VERSION, METADATA_KEY, ExportInfo, build_graph, graph_bytes
+
+__all__ = ['MAX_FILE_BYTES', 'load_exported', 'open_exported', 'read_info']
+
+MAX_FILE_BYTES = 2 ** 31  # protobuf's own limit for one message
+MAX_METADATA_BYTES = 1 << 20
+MAX_CLASSES = 65536
+SHAPE_RANGE = (16, 4096)
+
+
+def _fail(path: str, problem: str) -> CheckpointError:
+    return CheckpointError(f'{path} {problem}: export it again with tools/export.py CONFIG CHECKPOINT --out DIR.')
+
+
+def _read(path: str) -> onnx.ModelProto:
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{path} does not exist: give the model.onnx that tools/export.py wrote.')
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise _fail(path, f'is {size} bytes, more than an ONNX file can hold inline')
+    with open(path, 'rb') as file:
+        data = file.read(MAX_FILE_BYTES + 1)
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:  # protobuf's DecodeError and its C implementation's errors alike
+        raise _fail(path, 'is not an ONNX model (it does not parse)') from None
+    return model
+
+
+def _checked_info(path: str, text: str) -> ExportInfo:
+    """An :class:`ExportInfo` from the metadata JSON, every field of the type and range it must have."""
+    if len(text) > MAX_METADATA_BYTES:
+        raise _fail(path, 'has oversized metadata')
+    try:
+        values = json.loads(text)
+    except ValueError:
+        raise _fail(path, 'has unreadable metadata') from None
+    names = {item.name for item in fields(ExportInfo)}
+    if not isinstance(values, dict) or set(values) != names:
+        raise _fail(path, 'has metadata of another layout (not a file of this version of tools/export.py)')
+
+    def strings(value: object, limit: int) -> bool:
+        return isinstance(value, list) and len(value) <= limit and all(
+            isinstance(item, str) and len(item) <= 256 for item in value)
+
+    shape = values['sample_shape']
+    checks = {
+        'version': values['version'] == FORMAT_VERSION,
+        'family': values['family'] in FAMILIES,
+        'precision': values['precision'] in ('fp32', 'fp16'),
+        'sample_shape': isinstance(shape, list) and len(shape) == 2 and all(
+            type(side) is int and SHAPE_RANGE[0] <= side <= SHAPE_RANGE[1] for side in shape),
+        'labels': isinstance(values['labels'], bool),
+        'align_corners': isinstance(values['align_corners'], bool),
+        'mask_thr_binary': type(values['mask_thr_binary']) in (int, float),
+        'classes': strings(values['classes'], MAX_CLASSES),
+        'category_ids': isinstance(values['category_ids'], list) and len(values['category_ids']) <= MAX_CLASSES
+        and all(type(item) is int for item in values['category_ids']),
+        'palette': isinstance(values['palette'], list) and len(values['palette']) <= MAX_CLASSES and all(
+            isinstance(colour, list) and len(colour) == 3 and all(type(c) is int and 0 <= c <= 255 for c in colour)
+            for colour in values['palette']),
+        'inputs': strings(values['inputs'], 4),
+        'outputs': strings(values['outputs'], 8),
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise _fail(path, f'has metadata with unusable {", ".join(bad)}')
+    values['sample_shape'] = tuple(shape)
+    values['palette'] = tuple(tuple(colour) for colour in values['palette'])
+    for key in ('classes', 'category_ids', 'inputs', 'outputs'):
+        values[key] = tuple(values[key])
+    return ExportInfo(**values)
+
+
+def read_info(path: str) -> ExportInfo:
+    """What an exported file says of itself (family, precision, classes, ...), checked as data.
+
+    Raises:
+        CheckpointError: A missing, oversized or unparsable file, or one without our metadata.
+    """
+    entries = [entry.value for entry in _read(path).metadata_props if entry.key == METADATA_KEY]
+    if len(entries) != 1:
+        raise _fail(path, 'is not a model of tools/export.py (it has no convnext_dense metadata)')
+    return _checked_info(path, entries[0])
+
+
+def _randomized(model: nn.Module) -> nn.Module:
+    """Distinct values in every floating parameter and buffer (a small random change of each), so that the
+    exporter merges no two."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.is_floating_point():
+                tensor.add_(torch.rand(tensor.shape, generator=generator) * 1e-3)
+    return model
+
+
+def _initializer_size_ok(tensor: onnx.TensorProto) -> bool:
+    """An inline tensor whose bytes are exactly what its dims and type take."""
+    if tensor.data_location != onnx.TensorProto.DEFAULT or len(tensor.external_data):
+        return False
+    count = int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    if tensor.raw_data:
+        return len(tensor.raw_data) == count * itemsize
+    stored = (len(tensor.float_data) + len(tensor.int32_data) + len(tensor.int64_data) + len(tensor.double_data)
+              + len(tensor.uint64_data) + len(tensor.string_data))
+    return stored == count
+
+
+def _weights_and_nodes(path: str, model: onnx.ModelProto, check_sizes: bool) -> tuple[dict, list]:
+    """The weights of a graph by name (their dims and type) and its other operators.
+
+    The exporter merges weights of equal values into one, each other user reading it through an ``Identity``
+    under the merged weight's name: such an ``Identity`` counts here as a weight of that name, so that a graph
+    with merged weights compares equal to the same graph without. A weight name that is also an operator's
+    output is refused (a weight must not shadow a computed value).
+    """
+    weights = {}
+    for tensor in model.graph.initializer:
+        if check_sizes and not _initializer_size_ok(tensor):
+            raise _fail(path, f'has a weight ({tensor.name[:80]}) stored outside the file or of the wrong size')
+        weights[tensor.name] = ('weight', tuple(tensor.dims), tensor.data_type)
+    if len(weights) != len(model.graph.initializer):
+        raise _fail(path, 'has two weights of one name')
+    nodes = []
+    outputs = {name for node in model.graph.node for name in node.output}
+    if outputs & set(weights) or {value.name for value in model.graph.input} & set(weights):
+        raise _fail(path, 'has a weight named like a computed value or an input')
+    for node in model.graph.node:
+        if node.op_type == 'Identity' and not node.domain and len(node.input) == 1 and node.input[0] in weights \
+                and len(node.output) == 1:
+            weights[node.output[0]] = weights[node.input[0]]
+        else:
+            nodes.append(node)
+    return weights, nodes
+
+
+def _compare(path: str, given: onnx.ModelProto, ours: onnx.ModelProto) -> None:
+    """Require ``given`` to be the graph ``ours`` with its own weight values (module docstring)."""
+    given_weights, given_nodes = _weights_and_nodes(path, given, check_sizes=True)
+    our_weights, our_nodes = _weights_and_nodes(path, ours, check_sizes=False)
+    if (len(given.functions) or len(given.graph.sparse_initializer) or len(given.training_info)
+            or list(given.opset_import) != list(ours.opset_import) or given.ir_version != ours.ir_version
+            or list(given.graph.input) != list(ours.graph.input)
+            or list(given.graph.output) != list(ours.graph.output)):
+        raise _fail(path, 'is not the graph tools/export.py writes for this config (inputs, outputs or opsets)')
+    if len(given_nodes) != len(our_nodes):
+        raise _fail(path, 'is not the graph tools/export.py writes for this config (another number of operators)')
+    for index, (node, expected) in enumerate(zip(given_nodes, our_nodes)):
+        # A weight is known by its dims and type: the exporter names some weights by a counter.
+        node_inputs = [given_weights.get(name, name) for name in node.input]
+        expected_inputs = [our_weights.get(name, name) for name in expected.input]
+        if (node.op_type != expected.op_type or node.domain != expected.domain or node_inputs != expected_inputs
+                or list(node.output) != list(expected.output)
+                or list(node.attribute) != list(expected.attribute)):
+            raise _fail(path, f'is not the graph tools/export.py writes for this config (operator {index}, '
+                              f'{node.op_type[:40]}, differs)')
+
+
+def open_exported(path: str, model_cfg: dict) -> tuple[bytes, ExportInfo]:
+    """Read ``path`` after proving it is the export of ``model_cfg`` (module docstring).
+
+    Args:
+        path: A file of tools/export.py.
+        model_cfg: The config's ``model`` (with the file's classes already applied to its heads).
+
+    Returns:
+        The file's bytes (for ``onnxruntime.InferenceSession``) and its :class:`ExportInfo`.
+
+    Raises:
+        CheckpointError: A file that is not that export, in one line.
+    """
+    info = read_info(path)
+    given = _read(path)
+    model = MODELS.build(model_cfg)
+    from .export import family_of  # the family the config builds must be the file's
+    family = family_of(model, 'backbone' if info.family == 'backbone' else 'model')
+    if family != info.family:
+        raise CheckpointError(f'{path} is a {info.family} export, and the config builds a {family}: give the config '
+                              'it was exported from.')
+    graph = build_graph(_randomized(model), family, info.precision, info.labels)
+    reference = ExportInfo(**{**info.__dict__})
+    ours = onnx.load_from_string(graph_bytes(graph, reference))
+    _compare(path, given, ours)
+    return given.SerializeToString(), info
+
+
+def load_exported(path: str, model_cfg: dict) -> tuple['object', ExportInfo]:
+    """An ONNX Runtime CPU session of a verified export (:func:`open_exported`) and its :class:`ExportInfo`."""
+    import onnxruntime
+
+    data, info = open_exported(path, model_cfg)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # its notes on unused initializers are not the user's to act on
+    return onnxruntime.InferenceSession(data, options, providers=['CPUExecutionProvider']), info

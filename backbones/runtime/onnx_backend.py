@@ -1,0 +1,178 @@
+"""What the tools share for exported models: export from a config and checkpoint, and ``--backend onnxruntime``.
+
+:func:`export_model` is ``tools/export.py``'s work; :func:`use_onnx_model` turns a config into one that
+runs an exported file through ONNX Runtime (:mod:`backbones.deploy.onnx_runtime`), for ``tools/test.py``,
+``tools/infer.py`` and the benchmark.
+"""
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import DATASETS, MODELS, init_default_scope
+
+from ..checkpoints.formats import load_model_weights
+from ..deploy.export import ExportInfo, build_graph, check_fp32_norms, export_graph, family_of, sample_inputs
+from ..deploy.onnx_file import read_info
+from ..errors import UsageError
+from .own_data import apply_checkpoint_classes, set_classes
+
+__all__ = ['BACKENDS', 'ExportReport', 'add_backend', 'apply_onnx_classes', 'check_backend_options',
+           'default_sample_shape', 'export_model', 'use_onnx_model']
+
+BACKENDS = ('pytorch', 'onnxruntime')
+DETECTION_DIVISOR = 32  # mmdet's pad_size_divisor in every detection config here
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """``--backend {pytorch,onnxruntime}``: with onnxruntime, CKPT is a model.onnx of tools/export.py."""
+    parser.add_argument('--backend', choices=BACKENDS, default='pytorch',
+                        help='pytorch (CKPT a checkpoint, default) or onnxruntime (CKPT a model.onnx of '
+                             'tools/export.py, run on the CPU in the precision it was exported in)')
+
+
+def check_backend_options(args: argparse.Namespace) -> None:
+    """The PyTorch-only options are an error with ``--backend onnxruntime``.
+
+    Raises:
+        UsageError: --precision other than fp32 (the file's precision applies), --channels-last or --compile.
+    """
+    if args.backend != 'onnxruntime':
+        return
+    used = [flag for flag, value in (('--channels-last', args.channels_last), ('--compile', args.compile),
+                                     ('--precision', getattr(args, 'precision', 'fp32') not in ('fp32', 'auto')))
+            if value]
+    if used:
+        raise UsageError(f'{", ".join(used)} apply to the PyTorch backend: an ONNX model runs in the precision it '
+                         'was exported in (tools/export.py --precision).')
+
+
+def apply_onnx_classes(cfg: Config, onnx_file: str) -> str | None:
+    """Give ``cfg`` the classes (category ids, palette) that ``onnx_file`` was exported with, as
+    :func:`backbones.runtime.own_data.apply_checkpoint_classes` does for a checkpoint; the line for the log.
+
+    Raises:
+        CheckpointError: A file that is not an export of tools/export.py.
+        UsageError: The config names other classes than the file.
+    """
+    info = read_info(onnx_file)
+    if not info.classes:
+        return None
+    extra = dict(category_ids=info.category_ids) if info.category_ids else {}
+    if info.palette:
+        extra['palette'] = [tuple(colour) for colour in info.palette]
+    return set_classes(cfg, info.classes, onnx_file, **extra)
+
+
+def use_onnx_model(cfg: Config, onnx_file: str) -> None:
+    """Replace ``cfg.model`` by the ONNX Runtime model of ``onnx_file``, which is verified against it when
+    built (:mod:`backbones.deploy.onnx_file`); call after the classes are final (:func:`apply_onnx_classes`).
+
+    Raises:
+        UsageError: A backbone-only or label-map file.
+    """
+    from ..deploy.onnx_runtime import onnx_model_cfg  # registers the ONNX Runtime models
+
+    if 'module' in cfg.model:  # a TTA model (--tta) around the model
+        cfg.model.module = onnx_model_cfg(cfg.model.module, onnx_file)
+    else:
+        cfg.model = onnx_model_cfg(cfg.model, onnx_file)
+
+
+def default_sample_shape(cfg: Config, family: str) -> tuple[int, int]:
+    """The (height, width) a config tests at: the detection test resize, padded; UperNet's window or crop."""
+    if family == 'upernet' or (family == 'backbone' and cfg.default_scope == 'mmseg'):
+        test_cfg = cfg.model.get('test_cfg', {})
+        crop = (test_cfg.get('crop_size') if test_cfg.get('mode') == 'slide' else cfg.get('crop_size')) or (512, 512)
+        return int(crop[0]), int(crop[1])
+    for step in cfg.test_dataloader.dataset.get('pipeline', []):
+        if step.get('type') == 'Resize' and step.get('scale'):
+            long_side, short_side = max(step['scale']), min(step['scale'])
+            return short_side, -(-long_side // DETECTION_DIVISOR) * DETECTION_DIVISOR
+    return 800, 1344
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_model` measured.
+
+    Attributes:
+        path: The file written.
+        info: Its metadata.
+        max_abs_diff: The largest difference of any output between ONNX Runtime and the PyTorch graph on the
+            sample (detection: boxes, scores and masks where both give the same detections), or None.
+        same_detections: Detection: ONNX Runtime gave the same number and labels of detections.
+        norm_reductions: fp16: how many normalisation reductions were checked to read fp32.
+        fp16_convolutions: fp16: how many convolutions read fp16.
+    """
+    path: str
+    info: ExportInfo
+    max_abs_diff: float | None
+    same_detections: bool | None
+    norm_reductions: int
+    fp16_convolutions: int
+
+
+def _class_meta(cfg: Config) -> dict:
+    metainfo = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
+    palette = metainfo.get('palette') or ()
+    return dict(classes=tuple(metainfo.get('classes') or ()),
+                category_ids=tuple(int(i) for i in metainfo.get('category_ids') or ()),
+                palette=tuple(tuple(int(c) for c in colour) for colour in palette))
+
+
+def export_model(cfg: Config, checkpoint: str, path: str, part: str = 'model', precision: str = 'fp32',
+                 labels: bool = False, shape: tuple[int, int] | None = None) -> ExportReport:
+    """Build ``cfg``'s model with ``checkpoint``'s weights, export it to ``path`` and check the file.
+
+    The checks: the fp16 rule on the graph (:func:`backbones.deploy.export.check_fp32_norms`), and ONNX Runtime
+    against the PyTorch graph on a random sample of the traced size.
+
+    Raises:
+        UsageError: A config of another model family, or ``labels`` for a detector.
+        CheckpointError: A checkpoint that does not fit the config.
+    """
+    apply_checkpoint_classes(cfg, checkpoint)
+    init_default_scope(cfg.default_scope)
+    if 'init_cfg' in cfg.model.backbone:
+        cfg.model.backbone.init_cfg = None  # the checkpoint below has all the weights
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    try:
+        family = family_of(model, part)
+    except TypeError as error:
+        raise UsageError(f'{cfg.filename}: {error}; tools/export.py exports those (or --part backbone).') from None
+    if labels and family != 'upernet':
+        raise UsageError('--labels is for UperNet (the label map instead of logits).')
+    load_model_weights(model, checkpoint, MMLogger.get_current_instance())
+    shape = shape or default_sample_shape(cfg, family)
+    rcnn_cfg = cfg.model.get('test_cfg', {}).get('rcnn', {})
+    info = ExportInfo(family, precision, shape, labels=labels,
+                      mask_thr_binary=float(rcnn_cfg.get('mask_thr_binary', 0.5)), align_corners=bool(getattr(model, 'align_corners', False)), **_class_meta(cfg))
+    graph = build_graph(model, family, precision, labels)
+    written = onnx.load_from_string(export_graph(graph, info, path))
+    norms, half_convs = check_fp32_norms(written) if precision == 'fp16' else (0, 0)
+    diff, same = _compare_on_sample(graph, written, info)
+    return ExportReport(path, info, diff, same, norms, half_convs)
+
+
+def _compare_on_sample(graph: torch.nn.Module, written: onnx.ModelProto,
+                       info: ExportInfo) -> tuple[float | None, bool | None]:
+    import onnxruntime
+
+    torch.manual_seed(0)
+    inputs = sample_inputs(info.family, info.sample_shape)
+    session = onnxruntime.InferenceSession(written.SerializeToString(), providers=['CPUExecutionProvider'])
+    theirs = session.run(None, {name: tensor.numpy() for name, tensor in zip(info.inputs, inputs)})
+    with torch.no_grad():
+        ours = graph(*inputs)
+    ours = [tensor.numpy() for tensor in (ours if isinstance(ours, tuple) else (ours,))]
+    same = None
+    if info.family in ('mask_rcnn', 'cascade_mask_rcnn'):
+        same = ours[0].shape == theirs[0].shape and bool(np.array_equal(ours[2], theirs[2]))
+        if not same:
+            return None, False
+    return max(float(np.abs(a.astype(np.float64) - b).max()) if a.size else 0.0 for a, b in zip(ours, theirs)), same
