@@ -151,7 +151,8 @@ def export_model(cfg: Config, checkpoint: str, path: str, part: str = 'model', p
     shape = shape or default_sample_shape(cfg, family)
     rcnn_cfg = cfg.model.get('test_cfg', {}).get('rcnn', {})
     info = ExportInfo(family, precision, shape, labels=labels,
-                      mask_thr_binary=float(rcnn_cfg.get('mask_thr_binary', 0.5)), align_corners=bool(getattr(model, 'align_corners', False)), **_class_meta(cfg))
+                      mask_thr_binary=float(rcnn_cfg.get('mask_thr_binary', 0.5)),
+                      align_corners=bool(getattr(model, 'align_corners', False)), **_class_meta(cfg))
     graph = build_graph(model, family, precision, labels)
     written = onnx.load_from_string(export_graph(graph, info, path))
     norms, half_convs = check_fp32_norms(written) if precision == 'fp16' else (0, 0)
