@@ -20,6 +20,7 @@ from dataclasses import fields
 import numpy as np
 import onnx
 import torch
+from mmengine.config import ConfigDict
 from mmengine.registry import MODELS
 from torch import nn
 
@@ -200,7 +201,7 @@ def open_exported(path: str, model_cfg: dict) -> tuple[bytes, ExportInfo]:
     """
     info = read_info(path)
     given = _read(path)
-    model = MODELS.build(model_cfg)
+    model = MODELS.build(ConfigDict(model_cfg))
     from .export import family_of  # the family the config builds must be the file's
     family = family_of(model, 'backbone' if info.family == 'backbone' else 'model')
     if family != info.family:

@@ -22,7 +22,7 @@ from ..errors import UsageError
 from .own_data import apply_checkpoint_classes, set_classes
 
 __all__ = ['BACKENDS', 'ExportReport', 'add_backend', 'apply_onnx_classes', 'check_backend_options',
-           'default_sample_shape', 'export_model', 'use_onnx_model']
+           'default_sample_shape', 'export_built', 'export_model', 'use_onnx_model']
 
 BACKENDS = ('pytorch', 'onnxruntime')
 DETECTION_DIVISOR = 32  # mmdet's pad_size_divisor in every detection config here
@@ -127,10 +127,7 @@ def _class_meta(cfg: Config) -> dict:
 
 def export_model(cfg: Config, checkpoint: str, path: str, part: str = 'model', precision: str = 'fp32',
                  labels: bool = False, shape: tuple[int, int] | None = None) -> ExportReport:
-    """Build ``cfg``'s model with ``checkpoint``'s weights, export it to ``path`` and check the file.
-
-    The checks: the fp16 rule on the graph (:func:`backbones.deploy.export.check_fp32_norms`), and ONNX Runtime
-    against the PyTorch graph on a random sample of the traced size.
+    """Build ``cfg``'s model with ``checkpoint``'s weights and export it (:func:`export_built`).
 
     Raises:
         UsageError: A config of another model family, or ``labels`` for a detector.
@@ -141,13 +138,25 @@ def export_model(cfg: Config, checkpoint: str, path: str, part: str = 'model', p
     if 'init_cfg' in cfg.model.backbone:
         cfg.model.backbone.init_cfg = None  # the checkpoint below has all the weights
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    load_model_weights(model, checkpoint, MMLogger.get_current_instance())
+    return export_built(model, cfg, path, part, precision, labels, shape)
+
+
+def export_built(model: torch.nn.Module, cfg: Config, path: str, part: str = 'model', precision: str = 'fp32',
+                 labels: bool = False, shape: tuple[int, int] | None = None) -> ExportReport:
+    """Export the built ``model`` of ``cfg`` to ``path`` (``model`` is changed: see ``build_graph``) and check the
+    file: the fp16 rule on the graph (:func:`backbones.deploy.export.check_fp32_norms`), and ONNX Runtime
+    against the PyTorch graph on a random sample of the traced size.
+
+    Raises:
+        UsageError: A model of another family, or ``labels`` for a detector.
+    """
     try:
         family = family_of(model, part)
     except TypeError as error:
         raise UsageError(f'{cfg.filename}: {error}; tools/export.py exports those (or --part backbone).') from None
     if labels and family != 'upernet':
         raise UsageError('--labels is for UperNet (the label map instead of logits).')
-    load_model_weights(model, checkpoint, MMLogger.get_current_instance())
     shape = shape or default_sample_shape(cfg, family)
     rcnn_cfg = cfg.model.get('test_cfg', {}).get('rcnn', {})
     info = ExportInfo(family, precision, shape, labels=labels,

@@ -2,7 +2,7 @@
 
     python tools/analysis/benchmark.py CONFIG [CKPT] [--shape H W] [--batch-size N] [--precision P]
         [--device DEV] [--threads N] [--warmup N] [--repeats N] [--channels-last] [--compile] [--compare] [--train]
-        [--json OUT] [--cfg-options KEY=VALUE ...]
+        [--onnxruntime {fp32,fp16} ...] [--json OUT] [--cfg-options KEY=VALUE ...]
 
 One table row per case:
 
@@ -12,6 +12,10 @@ One table row per case:
 * with ``--train``, ``<model> train step``: ``train_step`` (forward, losses, backward and a step of the
   config's optimizer with its LR-decay groups) on random images with random boxes and masks, or label
   maps, once as configured and once with ``with_cp=True`` (gradient checkpointing) on the backbone;
+* with ``--onnxruntime fp32 fp16``, our model exported in each precision (``tools/export.py``'s graphs, the same
+  weights) and run by ONNX Runtime on the CPU in both inference cases: the backbone graph on the same images,
+  and the exported model through its ``test_step`` (:mod:`backbones.deploy.onnx_runtime`) on the same batch;
+  Max abs diff is then its backbone outputs against ours in fp32;
 * with ``--compare``, for the ConvNeXt-T V1 configs: mmdet's or mmseg's own ConvNeXt config (mmpretrain
   backbone) in both inference cases, and timm's ``features_only`` ConvNeXt-T in the backbone case, all
   with our model's weights. Other archs have no peer: ``--compare`` says so and benchmarks ours only.
@@ -54,10 +58,12 @@ or a trained CKPT; ``model.test_cfg`` is given to the peers as well.
 """
 import argparse
 import contextlib
+import copy
 import ctypes
 import gc
 import json
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -76,12 +82,14 @@ from mmengine.utils import ProgressBar
 from torch import nn
 
 from backbones.checkpoints.formats import load_exactly, load_model_weights
+from backbones.deploy.onnx_runtime import onnx_model_cfg
 from backbones.errors import CheckpointError, UsageError
 from backbones.models.convnext import V1_ARCHS, ConvNeXt
 from backbones.runtime import cli
 from backbones.runtime.config import load_config
 from backbones.runtime.device import resolve_device
 from backbones.runtime.inference import feed_channels_last, prepare_inference
+from backbones.runtime.onnx_backend import export_built
 from backbones.runtime.peers import MM_PEERS, TIMM_PEER, peer_config, to_mmpretrain, to_timm_features
 from backbones.runtime.precision import autocast, resolve_precision, set_training_precision
 
@@ -107,6 +115,8 @@ def parse_args() -> argparse.Namespace:
     cli.add_inference_options(parser)
     parser.add_argument('--compare', action='store_true', help='also mmdet\'s/mmseg\'s and timm\'s ConvNeXt-T')
     parser.add_argument('--train', action='store_true', help='also training steps, with and without with_cp')
+    parser.add_argument('--onnxruntime', nargs='+', choices=['fp32', 'fp16'], default=[],
+                        help='also our model exported to ONNX in these precisions, run by ONNX Runtime (CPU)')
     parser.add_argument('--json', metavar='OUT', help='write the rows to this JSON file')
     cli.add_config_options(parser)
     args = parser.parse_args()
@@ -380,6 +390,32 @@ def measure(cases: list[Case], args: argparse.Namespace, device: torch.device, b
     return rows
 
 
+def onnx_cases(cfg: Config, model: nn.Module, precisions: list[str], images: torch.Tensor, batch: dict,
+               folder: str) -> list[Case]:
+    """The ``--onnxruntime`` cases: ``model`` (not yet prepared for inference) exported in each precision to
+    ``folder``, its backbone graph on ``images`` and its whole graph through the ONNX Runtime model's test_step."""
+    import onnxruntime
+
+    with torch.no_grad():
+        expected = [feature.float() for feature in model.backbone(images)]
+    cases = []
+    for precision in precisions:
+        backbone_file = export_built(copy.deepcopy(model), cfg, f'{folder}/backbone_{precision}.onnx', 'backbone',
+                                     precision, shape=tuple(images.shape[2:])).path
+        session = onnxruntime.InferenceSession(backbone_file, providers=['CPUExecutionProvider'])
+        feeds = {'image': images.cpu().numpy()}
+        diff = max(float((torch.from_numpy(theirs) - ours.cpu()).abs().max())
+                   for theirs, ours in zip(session.run(None, feeds), expected))
+        cases.append(Case('backbone', f'onnxruntime {precision}', precision,
+                          lambda s=session: s.run(None, feeds), nn.Identity(), diff))
+        model_file = export_built(copy.deepcopy(model), cfg, f'{folder}/model_{precision}.onnx', 'model', precision,
+                                  shape=tuple(images.shape[2:])).path
+        exported = MODELS.build(onnx_model_cfg(cfg.model, model_file)).eval()
+        cases.append(Case(f'{cfg.model.type} test_step', f'onnxruntime {precision}', precision,
+                          torch.no_grad()(lambda m=exported: m.test_step(batch)), nn.Identity()))
+    return cases
+
+
 def environment(device: torch.device, weights: str) -> dict:
     """The hardware and thread count of the run, and where its ``weights`` came from."""
     if device.type == 'cuda':
@@ -394,7 +430,7 @@ def environment(device: torch.device, weights: str) -> dict:
 def shape_cell(row: Row) -> str:
     """The input shape, and the backbone's input shapes where they differ (padding, sliding-window crops)."""
     seen = Counter(f'{height}x{width}' for *_, height, width in row.backbone_inputs)
-    if list(seen) == [row.shape] and seen[row.shape] == 1:
+    if not seen or list(seen) == [row.shape] and seen[row.shape] == 1:
         return row.shape
     return f'{row.shape} (backbone: {", ".join(f"{count} x {shape}" for shape, count in seen.items())})'
 
@@ -438,6 +474,10 @@ def main() -> None:
     except CheckpointError as error:
         hint = '' if args.checkpoint else ' Or --cfg-options model.backbone.init_cfg=None for random weights.'
         raise CheckpointError(f'{error}{hint}') from None
+    if args.onnxruntime and (device.type != 'cpu' or cli.task_of(cfg) == 'detection' and args.batch_size != 1):
+        raise UsageError('--onnxruntime runs on the CPU (--device cpu), detectors at --batch-size 1 (their graph '
+                         'takes one image)')
+    exported = copy.deepcopy(ours) if args.onnxruntime else None
     ours.to(device)
     prepare_inference(ours, precision, args.channels_last, args.compile)
     images = torch.randn(args.batch_size, 3, *args.shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -453,6 +493,10 @@ def main() -> None:
     cases.append(Case(test_step, label, precision, torch.no_grad()(lambda: ours.test_step(batch)), ours.backbone))
     cases += [Case(test_step, peer.implementation, 'fp32', torch.no_grad()(lambda p=peer: p.model.test_step(batch)),
                    peer.backbone) for peer in peers if peer.model]
+    if exported is not None:
+        with tempfile.TemporaryDirectory(prefix='benchmark_onnx_') as folder:  # read into the sessions, then removed
+            cases += onnx_cases(cfg, exported, args.onnxruntime, images, batch, folder)
+        cases.sort(key=lambda case: case.model != 'backbone')  # the backbone rows first, ours first in each
 
     bar = ProgressBar((len(cases) + 2 * args.train) * (args.warmup + args.repeats), file=sys.stderr)
     rows = measure(cases, args, device, bar)
