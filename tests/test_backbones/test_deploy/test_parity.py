@@ -34,7 +34,8 @@ from backbones.runtime.onnx_backend import export_model
 from tests.helpers import randomize_at_fan_in_scale
 
 DEMO = {'mask_rcnn': 'configs/demo/mask_rcnn_convnext_demo.py',
-        'cascade_mask_rcnn': 'configs/demo/cascade_convnext_demo.py', 'upernet': 'configs/demo/upernet_convnext_demo.py'}
+        'cascade_mask_rcnn': 'configs/demo/cascade_convnext_demo.py',
+        'upernet': 'configs/demo/upernet_convnext_demo.py'}
 FULL = {'mask_rcnn': 'configs/det/mask_rcnn_convnext_t.py', 'cascade_mask_rcnn': 'configs/det/cascade_convnext_t.py',
         'upernet': 'configs/seg/upernet_convnext_t.py'}
 FULL_IMAGE = (320, 448)  # (height, width): a multiple of 32, as the recipes' padding makes it
