@@ -39,12 +39,11 @@ def onnx_model_cfg(model_cfg: ConfigDict, onnx_file: str) -> dict:
     the file is verified against it when the model is built.
 
     Raises:
-        UsageError: A backbone-only export (it has no predictions for the tools).
+        UsageError: A backbone-only or label-map export (they have no predictions for the tools).
     """
     info = read_info(onnx_file)
     if info.family == 'backbone' or info.labels:
-        raise UsageError(f'{onnx_file} is a {"backbone" if info.family == "backbone" else "label-map"} export: '
-                         'tools/test.py and tools/infer.py run the full model exported with its default outputs.')
+        raise UsageError(f'{onnx_file} is a {info.family} export with no predictions for the tools')
     kind = 'OnnxRuntimeSegmentor' if info.family == 'upernet' else 'OnnxRuntimeDetector'
     return dict(type=kind, onnx_file=onnx_file, reference=model_cfg.to_dict(),
                 data_preprocessor=model_cfg.data_preprocessor.to_dict(), test_cfg=model_cfg.get('test_cfg'))

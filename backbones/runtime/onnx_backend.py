@@ -19,6 +19,7 @@ from ..checkpoints.formats import load_model_weights
 from ..deploy.export import ExportInfo, build_graph, check_fp32_norms, export_graph, family_of, sample_inputs
 from ..deploy.onnx_file import read_info
 from ..errors import UsageError
+from .cli import task_of
 from .own_data import apply_checkpoint_classes, set_classes
 
 __all__ = ['BACKENDS', 'ExportReport', 'add_backend', 'apply_onnx_classes', 'check_backend_options',
@@ -57,9 +58,12 @@ def apply_onnx_classes(cfg: Config, onnx_file: str) -> str | None:
 
     Raises:
         CheckpointError: A file that is not an export of tools/export.py.
-        UsageError: The config names other classes than the file.
+        UsageError: A backbone-only or label-map file, or the config names other classes than the file.
     """
     info = read_info(onnx_file)
+    if info.family == 'backbone' or info.labels:
+        raise UsageError(f'{onnx_file} is a {"backbone" if info.family == "backbone" else "label-map"} export: '
+                         'tools/test.py and tools/infer.py run the full model exported with its default outputs.')
     if not info.classes:
         return None
     extra = dict(category_ids=info.category_ids) if info.category_ids else {}
@@ -70,11 +74,8 @@ def apply_onnx_classes(cfg: Config, onnx_file: str) -> str | None:
 
 def use_onnx_model(cfg: Config, onnx_file: str) -> None:
     """Replace ``cfg.model`` by the ONNX Runtime model of ``onnx_file``, which is verified against it when
-    built (:mod:`backbones.deploy.onnx_file`); call after the classes are final (:func:`apply_onnx_classes`).
-
-    Raises:
-        UsageError: A backbone-only or label-map file.
-    """
+    built (:mod:`backbones.deploy.onnx_file`); call after :func:`apply_onnx_classes` (which refuses files the
+    tools cannot run), once the classes are final."""
     from ..deploy.onnx_runtime import onnx_model_cfg  # registers the ONNX Runtime models
 
     if 'module' in cfg.model:  # a TTA model (--tta) around the model
@@ -133,13 +134,27 @@ def export_model(cfg: Config, checkpoint: str, path: str, part: str = 'model', p
         UsageError: A config of another model family, or ``labels`` for a detector.
         CheckpointError: A checkpoint that does not fit the config.
     """
+    if task_of(cfg) not in ('detection', 'segmentation'):
+        raise UsageError(f'{cfg.filename} is not a Mask R-CNN, Cascade Mask R-CNN or UperNet model: tools/export.py '
+                         'exports those (or --part backbone of them).')
     apply_checkpoint_classes(cfg, checkpoint)
     init_default_scope(cfg.default_scope)
     if 'init_cfg' in cfg.model.backbone:
         cfg.model.backbone.init_cfg = None  # the checkpoint below has all the weights
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    _checked_family(model, cfg, part, labels)
     load_model_weights(model, checkpoint, MMLogger.get_current_instance())
     return export_built(model, cfg, path, part, precision, labels, shape)
+
+
+def _checked_family(model: torch.nn.Module, cfg: Config, part: str, labels: bool) -> str:
+    try:
+        family = family_of(model, part)
+    except TypeError as error:
+        raise UsageError(f'{cfg.filename}: {error}; tools/export.py exports those (or --part backbone).') from None
+    if labels and family != 'upernet':
+        raise UsageError('--labels is for UperNet (the label map instead of logits).')
+    return family
 
 
 def export_built(model: torch.nn.Module, cfg: Config, path: str, part: str = 'model', precision: str = 'fp32',
@@ -151,12 +166,7 @@ def export_built(model: torch.nn.Module, cfg: Config, path: str, part: str = 'mo
     Raises:
         UsageError: A model of another family, or ``labels`` for a detector.
     """
-    try:
-        family = family_of(model, part)
-    except TypeError as error:
-        raise UsageError(f'{cfg.filename}: {error}; tools/export.py exports those (or --part backbone).') from None
-    if labels and family != 'upernet':
-        raise UsageError('--labels is for UperNet (the label map instead of logits).')
+    family = _checked_family(model, cfg, part, labels)
     shape = shape or default_sample_shape(cfg, family)
     rcnn_cfg = cfg.model.get('test_cfg', {}).get('rcnn', {})
     info = ExportInfo(family, precision, shape, labels=labels,

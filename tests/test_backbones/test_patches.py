@@ -42,7 +42,7 @@ print(json.dumps({
     'changed': sorted(k for k in {*before, *after} if before.get(k) != after.get(k)),
     'replaced': sorted(k for k in names_before if names_after.get(k) != names_before[k]),
     'ours': sorted(k for k, (_, module) in names_after.items() if module.startswith('backbones')),
-    'tool_modules': sorted(m for m in sys.modules if m.startswith('backbones.runtime')),
+    'tool_modules': sorted(m for m in sys.modules if m.startswith(('backbones.runtime', 'backbones.deploy'))),
 }))
 '''
 # Every name the project registers (mmengine's root registries, so that the mmdet and mmseg scopes find them;

@@ -6,9 +6,10 @@ Box AP50 is the outcome. A detector whose RoI heads read scrambled features (the
 channels_last outputs handed to mmcv's RoIAlign) stays near zero on these scenes however long it
 trains, and so does one that boxes at random; the bars below were set from measured runs with a margin.
 
-The trained model is evaluated again with tools/test.py's --channels-last and --compile (the same AP
-in fp32). On a CPU that computes bf16 natively, the fp32-trained model is also evaluated in bf16 (its box
-and mask AP must stay within 0.03 of fp32's; measured on these scenes, box and mask AP lower by 0.010 and 0.013
+The trained model is evaluated again with tools/test.py's --channels-last and --compile, and exported to ONNX
+by tools/export.py and evaluated with tools/test.py --backend onnxruntime (the same AP in fp32, within 0.002).
+On a CPU that computes bf16 natively, the fp32-trained model is also evaluated in bf16 (its box and mask AP
+must stay within 0.03 of fp32's; measured on these scenes, box and mask AP lower by 0.010 and 0.013
 for Mask R-CNN, 0.017 and 0.007 for Cascade), and Mask R-CNN also trains in bf16 (it must reach the same bars).
 """
 import json
@@ -72,8 +73,12 @@ def test_detector_learns_to_detect_held_out_shapes(tmp_path, scenes, detector: s
     assert metrics['coco/bbox_mAP_50'] >= min_box_ap50 and metrics['coco/segm_mAP'] >= min_mask_ap, metrics
     checkpoint = (tmp_path / 'last_checkpoint').read_text().strip()
     fast = evaluate(tmp_path, scenes, config, checkpoint, 'fp32', '--channels-last', '--compile')
+    run('tools/export.py', config, checkpoint, '--out', str(tmp_path / 'onnx'))
+    exported = evaluate(tmp_path, scenes, config, str(tmp_path / 'onnx' / 'model.onnx'), 'fp32', '--backend',
+                        'onnxruntime')
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
         assert abs(fast[key] - metrics[key]) <= 0.002, (key, metrics[key], fast[key])
+        assert abs(exported[key] - metrics[key]) <= 0.002, (key, metrics[key], exported[key])
     if cpu_supports_bf16():
         in_bf16 = evaluate(tmp_path, scenes, config, checkpoint, 'bf16')
         # On 50 scenes AP50 moves by up to 0.017 either way, AP by up to 0.017 (Cascade's box AP).

@@ -29,6 +29,7 @@ DET_CONFIG = 'configs/demo/mask_rcnn_convnext_demo.py'
 SEG_CONFIG = 'configs/demo/upernet_convnext_demo.py'
 SIZE = 96
 MAX_DETECTIONS = 10  # per image: drawing the 100 of the config takes most of the time
+BACKENDS = ('pytorch', 'onnxruntime')
 
 
 @pytest.fixture(scope='module')
@@ -172,3 +173,31 @@ def test_unusable_arguments_are_one_error_line(demo, tmp_path, monkeypatch, caps
                    *flags)
     assert exit_info.value.code == expected
     assert capsys.readouterr().err == ''
+
+
+def test_onnx_runtime_backend_writes_what_the_pytorch_backend_writes(demo, tmp_path, monkeypatch) -> None:
+    """tools/export.py, then tools/infer.py --backend onnxruntime on the same images: the same detections
+    (boxes within 1e-3 px, scores within 1e-4, the same masks and classes) and the same label maps."""
+    exported = subprocess.run([sys.executable, 'tools/export.py', DET_CONFIG, str(demo / 'det.pth'), '--out',
+                               str(tmp_path / 'det')], capture_output=True, text=True, env=ENV)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert 'ONNX Runtime against PyTorch on the sample: largest difference' in exported.stdout
+    monkeypatch.setattr(sys, 'argv', ['tools/export.py', SEG_CONFIG, str(demo / 'seg.pth'), '--out',
+                                      str(tmp_path / 'seg'), '--shape', str(SIZE), str(SIZE)])
+    runpy.run_path('tools/export.py', run_name='__main__')
+    images = [str(demo / 'images' / name) for name in ('val_00000.jpg', 'val_00001.jpg')]
+    for backend, det, seg in (('pytorch', demo / 'det.pth', demo / 'seg.pth'),
+                              ('onnxruntime', tmp_path / 'det' / 'model.onnx', tmp_path / 'seg' / 'model.onnx')):
+        infer_here(monkeypatch, DET_CONFIG, str(det), *images, '--out', str(tmp_path / backend), '--score-thr', '0.1',
+                   '--backend', backend)
+        infer_here(monkeypatch, SEG_CONFIG, str(seg), *images, '--out', str(tmp_path / backend), '--backend', backend)
+    ours, theirs = (json.loads((tmp_path / backend / 'results.json').read_text()) for backend in BACKENDS)
+    assert len(ours) == len(theirs) > 0
+    for a, b in zip(ours, theirs):
+        assert (a['image'], a['category_id'], a['category_name']) == (b['image'], b['category_id'], b['category_name'])
+        np.testing.assert_allclose(a['bbox'], b['bbox'], atol=1e-3)
+        assert abs(a['score'] - b['score']) <= 1e-4
+        assert a['segmentation'] == b['segmentation']
+    for name in ('val_00000.png', 'val_00001.png'):
+        labels = [cv2.imread(str(tmp_path / backend / 'labels' / name), cv2.IMREAD_UNCHANGED) for backend in BACKENDS]
+        assert labels[0].shape == (SIZE, SIZE) and (labels[0] == labels[1]).all()
