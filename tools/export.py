@@ -19,8 +19,8 @@ pipeline feeds PyTorch and the exported model; the file's metadata (docs/deploy.
 
 --precision fp16 runs the backbone and neck (UperNet: backbone and decode head) in fp16 with every LayerNorm
 and GRN in fp32, and the box coordinates, NMS, RoIAlign and RoI heads in fp32; inputs and outputs stay fp32.
-The graph is traced on a random sample of --shape (default: the config's test size); the tool checks the
-fp16 rule on the written graph and ONNX Runtime against PyTorch on that sample, and prints both.
+The graph is traced on a random sample of --shape (default 64x64: the graph then runs at any size); the
+tool checks the fp16 rule on the written graph and ONNX Runtime against PyTorch on that sample, and prints both.
 """
 import argparse
 from pathlib import Path
@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
                         help='fp32 (default) or fp16 with LayerNorm and GRN statistics in fp32')
     parser.add_argument('--labels', action='store_true', help='UperNet: output the label map instead of logits')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
-                        help="the traced sample's height and width (default: the config's test size)")
+                        help="the traced sample's height and width (default 64 64; the graph takes any size)")
     cli.add_config_options(parser)
     args = parser.parse_args()
     if args.shape and not all(16 <= side <= 4096 for side in args.shape):

@@ -23,10 +23,13 @@ from .cli import task_of
 from .own_data import apply_checkpoint_classes, set_classes
 
 __all__ = ['BACKENDS', 'ExportReport', 'add_backend', 'apply_onnx_classes', 'check_backend_options',
-           'default_sample_shape', 'export_built', 'export_model', 'use_onnx_model']
+           'TRACE_SHAPE', 'export_built', 'export_model', 'use_onnx_model']
 
 BACKENDS = ('pytorch', 'onnxruntime')
-DETECTION_DIVISOR = 32  # mmdet's pad_size_divisor in every detection config here
+# The traced sample: the graphs take any size (and UperNet and the backbone any batch), so a small one is
+# traced; tracing runs the model once, the tool's check once more, and --backend onnxruntime once when it
+# verifies a file (fp16 convolutions are slow on CPUs).
+TRACE_SHAPE = (64, 64)
 
 
 def add_backend(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +43,8 @@ def check_backend_options(args: argparse.Namespace) -> None:
     """The PyTorch-only options are an error with ``--backend onnxruntime``.
 
     Raises:
-        UsageError: --precision other than fp32 (the file's precision applies), --channels-last or --compile.
+        UsageError: --precision other than fp32 (the file's precision applies), --channels-last, --compile or a
+            distributed --launcher.
     """
     if args.backend != 'onnxruntime':
         return
@@ -50,6 +54,8 @@ def check_backend_options(args: argparse.Namespace) -> None:
     if used:
         raise UsageError(f'{", ".join(used)} apply to the PyTorch backend: an ONNX model runs in the precision it '
                          'was exported in (tools/export.py --precision).')
+    if getattr(args, 'launcher', 'none') != 'none':
+        raise UsageError('--backend onnxruntime evaluates in one process: leave out --launcher.')
 
 
 def apply_onnx_classes(cfg: Config, onnx_file: str) -> str | None:
@@ -82,19 +88,6 @@ def use_onnx_model(cfg: Config, onnx_file: str) -> None:
         cfg.model.module = onnx_model_cfg(cfg.model.module, onnx_file)
     else:
         cfg.model = onnx_model_cfg(cfg.model, onnx_file)
-
-
-def default_sample_shape(cfg: Config, family: str) -> tuple[int, int]:
-    """The (height, width) a config tests at: the detection test resize, padded; UperNet's window or crop."""
-    if family == 'upernet' or (family == 'backbone' and cfg.default_scope == 'mmseg'):
-        test_cfg = cfg.model.get('test_cfg', {})
-        crop = (test_cfg.get('crop_size') if test_cfg.get('mode') == 'slide' else cfg.get('crop_size')) or (512, 512)
-        return int(crop[0]), int(crop[1])
-    for step in cfg.test_dataloader.dataset.get('pipeline', []):
-        if step.get('type') == 'Resize' and step.get('scale'):
-            long_side, short_side = max(step['scale']), min(step['scale'])
-            return short_side, -(-long_side // DETECTION_DIVISOR) * DETECTION_DIVISOR
-    return 800, 1344
 
 
 @dataclass
@@ -158,16 +151,17 @@ def _checked_family(model: torch.nn.Module, cfg: Config, part: str, labels: bool
 
 
 def export_built(model: torch.nn.Module, cfg: Config, path: str, part: str = 'model', precision: str = 'fp32',
-                 labels: bool = False, shape: tuple[int, int] | None = None) -> ExportReport:
-    """Export the built ``model`` of ``cfg`` to ``path`` (``model`` is changed: see ``build_graph``) and check the
-    file: the fp16 rule on the graph (:func:`backbones.deploy.export.check_fp32_norms`), and ONNX Runtime
-    against the PyTorch graph on a random sample of the traced size.
+                 labels: bool = False, shape: tuple[int, int] | None = None, check: bool = True) -> ExportReport:
+    """Export the built ``model`` of ``cfg`` to ``path``, traced at ``shape`` (default :data:`TRACE_SHAPE`;
+    ``model`` is changed: see ``build_graph``) and check the file: the fp16 rule on the graph
+    (:func:`backbones.deploy.export.check_fp32_norms`), and with ``check`` ONNX Runtime against the PyTorch graph on
+    a random sample of the traced size.
 
     Raises:
         UsageError: A model of another family, or ``labels`` for a detector.
     """
     family = _checked_family(model, cfg, part, labels)
-    shape = shape or default_sample_shape(cfg, family)
+    shape = shape or TRACE_SHAPE
     rcnn_cfg = cfg.model.get('test_cfg', {}).get('rcnn', {})
     info = ExportInfo(family, precision, shape, labels=labels,
                       mask_thr_binary=float(rcnn_cfg.get('mask_thr_binary', 0.5)),
@@ -175,7 +169,7 @@ def export_built(model: torch.nn.Module, cfg: Config, path: str, part: str = 'mo
     graph = build_graph(model, family, precision, labels)
     written = onnx.load_from_string(export_graph(graph, info, path))
     norms, half_convs = check_fp32_norms(written) if precision == 'fp16' else (0, 0)
-    diff, same = _compare_on_sample(graph, written, info)
+    diff, same = _compare_on_sample(graph, written, info) if check else (None, None)
     return ExportReport(path, info, diff, same, norms, half_convs)
 
 

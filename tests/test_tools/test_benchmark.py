@@ -106,6 +106,19 @@ def test_compare_runs_mmdet_and_timm_convnext_t_with_our_weights(monkeypatch, tm
         assert 0 <= row['max_abs_diff'] <= 1e-4, row
 
 
+def test_onnxruntime_rows_time_our_exports_beside_ours(monkeypatch, tmp_path) -> None:
+    result = benchmark(monkeypatch, tmp_path, 'configs/demo/upernet_convnext_demo.py', '--precision', 'fp32',
+                       '--onnxruntime', 'fp32', 'fp16', '--device', 'cpu')
+    step = 'EncoderDecoder test_step'
+    assert cases(result) == [('backbone', 'ours'), ('backbone', 'onnxruntime fp32'), ('backbone', 'onnxruntime fp16'),
+                             (step, 'ours'), (step, 'onnxruntime fp32'), (step, 'onnxruntime fp16')]
+    rows = result['rows']
+    assert_consistent_timings(rows, batch=1)
+    assert [row['precision'] for row in rows] == ['fp32', 'fp32', 'fp16'] * 2
+    assert rows[1]['ratio'] == pytest.approx(rows[1]['p50_ms'] / rows[0]['p50_ms'])
+    assert rows[1]['max_abs_diff'] < 1e-4 and rows[2]['max_abs_diff'] < 2e-2  # their backbone outputs against ours
+
+
 def test_a_missing_config_is_one_error_line() -> None:
     result = subprocess.run([sys.executable, TOOL, 'configs/demo/nowhere.py'], capture_output=True, text=True, env=ENV)
     assert result.returncode != 0

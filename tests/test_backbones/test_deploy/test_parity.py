@@ -65,8 +65,7 @@ def pytorch_and_onnx(cfg: Config, tmp_path: Path, full_size: bool) -> tuple[torc
     if full_size:
         randomize_at_fan_in_scale(model)
     torch.save({'state_dict': model.state_dict()}, tmp_path / 'model.pth')
-    report = export_model(copy.deepcopy(cfg), str(tmp_path / 'model.pth'), str(tmp_path / 'model.onnx'),
-                          shape=(128, 128))
+    report = export_model(copy.deepcopy(cfg), str(tmp_path / 'model.pth'), str(tmp_path / 'model.onnx'))
     assert report.same_detections is not False and (report.max_abs_diff or 0) < 1e-3
     return model.eval(), MODELS.build(onnx_model_cfg(cfg.model, report.path)).eval()
 
