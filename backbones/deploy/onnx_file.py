@@ -106,7 +106,11 @@ def read_info(path: str) -> ExportInfo:
     Raises:
         CheckpointError: A missing, oversized or unparsable file, or one without our metadata.
     """
-    entries = [entry.value for entry in _read(path).metadata_props if entry.key == METADATA_KEY]
+    return _info_of(path, _read(path))
+
+
+def _info_of(path: str, model: onnx.ModelProto) -> ExportInfo:
+    entries = [entry.value for entry in model.metadata_props if entry.key == METADATA_KEY]
     if len(entries) != 1:
         raise _fail(path, 'is not a model of tools/export.py (it has no convnext_dense metadata)')
     return _checked_info(path, entries[0])
@@ -199,8 +203,8 @@ def open_exported(path: str, model_cfg: dict) -> tuple[bytes, ExportInfo]:
     Raises:
         CheckpointError: A file that is not that export, in one line.
     """
-    info = read_info(path)
-    given = _read(path)
+    given = _read(path)  # read and parsed once: what is checked is what ONNX Runtime gets
+    info = _info_of(path, given)
     model = MODELS.build(ConfigDict(model_cfg))
     from .export import family_of  # the family the config builds must be the file's
     family = family_of(model, 'backbone' if info.family == 'backbone' else 'model')
