@@ -24,18 +24,15 @@ from backbones.runtime.dataset_check import check_config_datasets
 from backbones.runtime.own_data import classes_from_data
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('config', help='the detection or segmentation config to train with')
     cli.add_data_root(parser)
     parser.add_argument('--splits', nargs='+', default=['train', 'val'], choices=['train', 'val', 'test'],
                         help='the splits to check (default: train val)')
-    parser.add_argument('--workers', type=int, default=8, help='threads that read images (default 8)')
+    parser.add_argument('--workers', type=cli.at_least(1), default=8, help='threads that read images (default 8)')
     cli.add_config_options(parser)
-    args = parser.parse_args()
-    if args.workers < 1:
-        parser.error('--workers must be at least 1')
-    return args
+    return parser
 
 
 def progress_bar() -> Callable[[int, int], None]:
@@ -51,7 +48,7 @@ def progress_bar() -> Callable[[int, int], None]:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     cfg = load_config(args.config, args.cfg_options)
     if args.data_root:
         set_data_root(cfg, args.data_root)

@@ -31,18 +31,18 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from backbones.checkpoints.formats import DENSE_PARTS, convert_state_dict, unwrap_state_dict
 from backbones.checkpoints.huggingface import write_transformers_folder
 from backbones.checkpoints.writing import write_atomic
-from backbones.runtime.cli import run_tool
+from backbones.runtime import cli
 from backbones.runtime.own_data import dataset_meta_of
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('input', help='checkpoint to convert (path, URL, transformers folder or hf:// name)')
     parser.add_argument('output', help='where to write the converted checkpoint (a folder with --to hf)')
     parser.add_argument('--to', choices=['ours', 'hf'], default='ours',
                         help="ours: this project's layout (default); hf: a transformers model folder")
     parser.add_argument('--backbone-only', action='store_true', help='keep only the backbone of a whole model')
-    return parser.parse_args()
+    return parser
 
 
 def class_names(checkpoint: dict) -> list[str] | None:
@@ -52,7 +52,7 @@ def class_names(checkpoint: dict) -> list[str] | None:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     checkpoint = CheckpointLoader.load_checkpoint(args.input, map_location='cpu')
     weights = convert_state_dict(unwrap_state_dict(checkpoint))
     if args.to == 'hf':
@@ -82,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    run_tool(main)
+    cli.run_tool(main)

@@ -35,6 +35,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from mmengine.config import Config
 
+from backbones.runtime import cli
 from backbones.runtime.demo_data import ensure_demo_data
 from backbones.runtime.precision import PRECISIONS
 
@@ -216,9 +217,9 @@ def pretrain_fcmae(work_dir: Path, data_root: Path, quick: bool, pretrained: Pat
              fcmae_dir / 'convert.log', 'extracting the backbone')
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     """The demo's command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('--models', nargs='+', choices=[m.key for m in MODELS], default=[m.key for m in MODELS],
                         help='which models to run (detectors need the UperNet backbone, which is trained if missing)')
     parser.add_argument('--pretrain', choices=['upernet', 'fcmae'], default='upernet',
@@ -228,11 +229,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--precision', choices=[p for p in PRECISIONS if p != 'fp16'], default='fp32',
                         help='of training and evaluation (auto: bf16 where the CPU computes it natively)')
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    return parser.parse_args()
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     start = time.time()
     work_dir = Path(args.work_dir)
     data_root = Path('data/demo_quick' if args.quick else 'data/demo')

@@ -8,21 +8,22 @@ already holds the same data.
 import argparse
 import os.path as osp
 
+from backbones.runtime import cli
 from backbones.runtime.demo_data import ensure_demo_data
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('--out', default=osp.join('data', 'demo'))
-    parser.add_argument('--num-train', type=int, default=480)
-    parser.add_argument('--num-val', type=int, default=100)
-    parser.add_argument('--size', type=int, default=128, help='image side in pixels')
+    parser.add_argument('--num-train', type=cli.at_least(1, 100_000), default=480)
+    parser.add_argument('--num-val', type=cli.at_least(1, 100_000), default=100)
+    parser.add_argument('--size', type=cli.at_least(32, 1024), default=128, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args()
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     made = ensure_demo_data(args.out, args.num_train, args.num_val, args.size, args.seed)
     print(f'{"generated" if made else "already present"}: {args.out}')
 

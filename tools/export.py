@@ -30,8 +30,8 @@ from backbones.runtime.config import load_config
 from backbones.runtime.onnx_backend import export_model
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file (any format tools/test.py reads)')
     parser.add_argument('--out', required=True, help='output folder')
@@ -40,17 +40,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--precision', choices=['fp32', 'fp16'], default='fp32',
                         help='fp32 (default) or fp16 with LayerNorm and GRN statistics in fp32')
     parser.add_argument('--labels', action='store_true', help='UperNet: output the label map instead of logits')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=cli.in_range(16, 4096, 'pixels'), nargs=2, metavar=('H', 'W'),
                         help="the traced sample's height and width (default 64 64; the graph takes any size)")
     cli.add_config_options(parser)
-    args = parser.parse_args()
-    if args.shape and not all(16 <= side <= 4096 for side in args.shape):
-        parser.error(f'--shape sides must be between 16 and 4096 pixels, got {args.shape}')
-    return args
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     cfg = load_config(args.config, args.cfg_options)
     out = Path(args.out)
     report = export_model(cfg, args.checkpoint, str(out / f'{args.part}.onnx'), args.part, args.precision,

@@ -94,26 +94,22 @@ class Image:
     pixels: np.ndarray
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('inputs', nargs='+', help='images, folders, glob patterns (quoted) and videos')
     parser.add_argument('--out', required=True, help='output folder')
-    parser.add_argument('--batch-size', type=int, default=1, help='images per model call (default 1)')
-    parser.add_argument('--score-thr', type=float, default=0.3, help='detection: lowest score kept (default 0.3)')
+    parser.add_argument('--batch-size', type=cli.at_least(1), default=1, help='images per model call (default 1)')
+    parser.add_argument('--score-thr', type=cli.in_range(0, 1, 'scores are probabilities'), default=0.3,
+                        help='detection: lowest score kept (default 0.3)')
     parser.add_argument('--tta', action='store_true', help="the config's test-time augmentation (segmentation)")
     cli.add_precision(parser, default='auto', default_help="auto, the machine's fastest")
     cli.add_inference_options(parser)
     cli.add_device(parser)
     add_backend(parser)
     cli.add_config_options(parser)
-    args = parser.parse_args()
-    if args.batch_size < 1:
-        parser.error('--batch-size must be at least 1')
-    if not 0 <= args.score_thr <= 1:
-        parser.error(f'--score-thr must be between 0 and 1 (scores are probabilities), got {args.score_thr}')
-    return args
+    return parser
 
 
 def warn(message: str) -> None:
@@ -302,7 +298,7 @@ def run(inferencer: BaseInferencer, files: list[InputFile], out: Path, batch_siz
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     cfg = load_config(args.config, args.cfg_options)
     if cli.task_of(cfg) not in INFERENCERS:
         raise UsageError(f'{args.config} is not a detection or segmentation config: infer.py runs those.')

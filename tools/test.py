@@ -39,8 +39,8 @@ from backbones.runtime.own_data import apply_checkpoint_classes, classes_from_da
 from backbones.runtime.precision import resolve_precision
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='folder for the evaluation logs')
@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     cli.add_data_root(parser)
     cli.add_config_options(parser)
     cli.add_launcher(parser)
-    return parser.parse_args()
+    return parser
 
 
 def enable_outputs(cfg: Config, out: str | None, show_dir: str | None) -> None:
@@ -77,7 +77,7 @@ def enable_outputs(cfg: Config, out: str | None, show_dir: str | None) -> None:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     cfg.load_from = None  # loaded below, strictly and in any supported format
     enable_outputs(cfg, args.out, args.show_dir)

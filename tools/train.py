@@ -15,6 +15,8 @@ number, and the dataset is checked before the model is built: annotations, files
 instead. --load-from CKPT starts from a detector or segmentor checkpoint (COCO, ADE20K or your own, any
 format tools/test.py reads); with another number of classes its class layers are initialised afresh, and
 the log says which (with as many classes but other names they are kept: the log of the classes shows them).
+--load-from and --resume skip the pre-trained initialisation of the config (its download or file): the
+checkpoint replaces those weights, and the log says so.
 Multi-GPU and multi-node: tools/dist_train.sh, tools/slurm_train.sh.
 """
 import argparse
@@ -22,15 +24,22 @@ import argparse
 from mmengine.registry import RUNNERS
 
 from backbones.runtime import cli
-from backbones.runtime.config import check_datasets, check_hook_options, check_work_dir, load_config, set_data_root
+from backbones.runtime.config import (
+    check_datasets,
+    check_hook_options,
+    check_work_dir,
+    load_config,
+    set_data_root,
+    skip_pretrained_init,
+)
 from backbones.runtime.dataset_check import check_before_training, skip_unreadable_images
 from backbones.runtime.device import adapt_to_cpu, default_device
 from backbones.runtime.own_data import classes_from_data
 from backbones.runtime.precision import resolve_precision, set_training_precision
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('config', help='config file, e.g. configs/det/cascade_convnext_t.py or '
                         'configs/pretrain/fcmae_convnextv2_atto.py')
     parser.add_argument('--work-dir', help='folder for checkpoints and logs')
@@ -43,11 +52,11 @@ def parse_args() -> argparse.Namespace:
                         help='leave out the dataset items the check finds bad (the log lists them) instead of stopping')
     cli.add_config_options(parser)
     cli.add_launcher(parser)
-    return parser.parse_args()
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     precision = args.precision or ('auto' if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper' else 'fp32')
     set_training_precision(cfg, resolve_precision(precision, default_device()))
@@ -55,9 +64,10 @@ def main() -> None:
         cfg.load_from = args.load_from
     if args.resume:  # the runner finds what to resume from in the work dir (ConvNeXtDenseRunner)
         cfg.resume, cfg.load_from = True, None if args.resume == 'auto' else args.resume
+    skipped_init = skip_pretrained_init(cfg)
     if args.data_root:
         set_data_root(cfg, args.data_root)
-    log_lines = [classes_from_data(cfg)]
+    log_lines = [skipped_init, classes_from_data(cfg)]
     check_datasets(cfg, ['train', 'val'])
     check_hook_options(cfg)
     check_work_dir(cfg.work_dir)

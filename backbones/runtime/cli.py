@@ -7,6 +7,7 @@ defaults to the exact fp32 scores, inference and benchmarks to the fastest preci
 """
 import argparse
 from collections.abc import Callable
+from typing import NoReturn
 
 from mmengine.config import Config, DictAction
 
@@ -17,6 +18,52 @@ from .precision import PRECISIONS
 # What the tools report as one line and a non-zero exit code, never as a traceback.
 PROJECT_ERRORS = (CheckpointError, DatasetError, DatasetNotFoundError, UsageError)
 TASKS = {'mmdet': 'detection', 'mmseg': 'segmentation'}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with the tools' rule for errors: one line ``error: <argument>: <problem>`` on stderr
+    and exit code 1, as for every other error of the tools (argparse itself prints its usage and exits with 2).
+
+    The tool's module docstring is its description, shown as written by ``--help``.
+    """
+
+    def __init__(self, description: str | None = None, **kwargs: object) -> None:
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        """End the tool with one line naming the argument and the problem, and where the options are listed."""
+        message = message.removeprefix('argument ')
+        raise SystemExit(f'error: {message}. See {self.prog} --help for the options.')
+
+
+def at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum`` (and at most ``maximum`` if given)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f'at least {minimum}' if maximum is None else f'between {minimum} and {maximum}'
+            raise argparse.ArgumentTypeError(f'must be {bounds}, got {value}')
+        return value
+    parse.__name__ = f'at least {minimum}'
+    return parse
+
+
+def in_range(low: float, high: float, what: str) -> Callable[[str], float]:
+    """An argparse ``type``: a number from ``low`` to ``high``; ``what`` says why in the error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f'must be between {low:g} and {high:g} ({what}), got {value:g}')
+        return value
+    parse.__name__ = f'number in [{low:g}, {high:g}]'
+    return parse
 
 
 def run_tool(main: Callable[[], None]) -> None:

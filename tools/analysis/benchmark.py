@@ -48,13 +48,15 @@ through ``torch.compile``, compiled in the warm-up runs, which ``--warmup`` must
 own tools run them.
 
 Weights: CKPT, read strictly in any format ``tools/test.py`` reads (through mmengine's checkpoint
-loader, which ``import backbones`` makes the project's safe one); without CKPT, the config's
-initialisation: random, unless the backbone's init_cfg names pre-trained weights (``--cfg-options
-model.backbone.init_cfg=None`` for none). SyncBN layers (Cascade's box heads) run as BatchNorm: one
-process. On random images with random weights, how many detections pass a detector's score threshold is
-arbitrary (with COCO's 80 classes usually none, leaving the mask head idle): for a fixed workload use
-``--cfg-options model.test_cfg.rcnn.score_thr=0`` (then ``max_per_img`` detections reach the mask head),
-or a trained CKPT; ``model.test_cfg`` is given to the peers as well.
+loader, which ``import backbones`` makes the project's safe one); without CKPT, random weights (the
+config's pre-trained file is neither downloaded nor read: speed does not depend on the values), and the
+report says so. SyncBN layers (Cascade's box heads) run as BatchNorm: one process.
+
+Workload: on random images how many detections pass a detector's score threshold is arbitrary (with COCO's
+80 classes and random weights usually none, leaving the mask head idle), so detectors run with
+``model.test_cfg.rcnn.score_thr=0``: ``max_per_img`` detections (100) reach the mask head, whatever the
+weights. ``--cfg-options model.test_cfg.rcnn.score_thr=X`` sets another; ``model.test_cfg`` is given to the
+peers as well.
 """
 import argparse
 import contextlib
@@ -86,7 +88,7 @@ from backbones.deploy.onnx_runtime import onnx_model_cfg
 from backbones.errors import CheckpointError, UsageError
 from backbones.models.convnext import V1_ARCHS, ConvNeXt
 from backbones.runtime import cli
-from backbones.runtime.config import load_config
+from backbones.runtime.config import drop_pretrained_init, load_config
 from backbones.runtime.device import resolve_device
 from backbones.runtime.inference import feed_channels_last, prepare_inference
 from backbones.runtime.onnx_backend import export_built
@@ -100,18 +102,18 @@ COLUMNS = ('model', 'implementation', 'precision', 'batch', 'shape', 'images/s',
            'ratio', 'max abs diff')
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint to load (default: the config\'s initialisation)')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=cli.at_least(16), nargs=2, metavar=('H', 'W'),
                         help='input height and width (default: 800 1344 for detection, one crop for segmentation)')
-    parser.add_argument('--batch-size', type=int, default=1, help='images per batch (default: 1)')
+    parser.add_argument('--batch-size', type=cli.at_least(1), default=1, help='images per batch (default: 1)')
     cli.add_precision(parser, default='auto', default_help="auto, the machine's fastest")
     cli.add_device(parser)
-    parser.add_argument('--threads', type=int, help='torch CPU threads (torch.set_num_threads)')
-    parser.add_argument('--warmup', type=int, default=3, help='untimed runs first, at least 1 (default: 3)')
-    parser.add_argument('--repeats', type=int, default=20, help='timed runs (default: 20)')
+    parser.add_argument('--threads', type=cli.at_least(1), help='torch CPU threads (torch.set_num_threads)')
+    parser.add_argument('--warmup', type=cli.at_least(1), default=3, help='untimed runs first, at least 1 (default: 3)')
+    parser.add_argument('--repeats', type=cli.at_least(1), default=20, help='timed runs (default: 20)')
     cli.add_inference_options(parser)
     parser.add_argument('--compare', action='store_true', help='also mmdet\'s/mmseg\'s and timm\'s ConvNeXt-T')
     parser.add_argument('--train', action='store_true', help='also training steps, with and without with_cp')
@@ -119,11 +121,7 @@ def parse_args() -> argparse.Namespace:
                         help='also our model exported to ONNX in these precisions, run by ONNX Runtime (CPU)')
     parser.add_argument('--json', metavar='OUT', help='write the rows to this JSON file')
     cli.add_config_options(parser)
-    args = parser.parse_args()
-    for name in ('batch_size', 'warmup', 'repeats', 'threads'):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")} must be at least 1')
-    return args
+    return parser
 
 
 def default_shape(cfg: Config) -> tuple[int, int]:
@@ -202,8 +200,8 @@ def build_model(model_cfg: dict) -> nn.Module:
     return revert_sync_batchnorm(MODELS.build(model_cfg)).eval()
 
 
-def initialise(model: nn.Module, cfg: Config, checkpoint: str | None) -> str:
-    """Load ``checkpoint`` strictly into ``model``, else initialise it as training starts; say which.
+def initialise(model: nn.Module, checkpoint: str | None) -> str:
+    """Load ``checkpoint`` strictly into ``model``, else initialise it at random; say which.
 
     Raises:
         CheckpointError: A missing or unusable checkpoint, or one that does not fit the model.
@@ -212,10 +210,18 @@ def initialise(model: nn.Module, cfg: Config, checkpoint: str | None) -> str:
         load_model_weights(model, checkpoint, MMLogger.get_current_instance())
         return checkpoint
     model.init_weights()
-    init_cfg = cfg.model.backbone.get('init_cfg')
-    if init_cfg and init_cfg.get('type') == 'Pretrained':
-        return f'no CKPT: backbone from {init_cfg.checkpoint}, neck and heads random init'
-    return 'no CKPT: random init'
+    return 'no CKPT: random weights (the timing does not depend on them; give CKPT for a trained model)'
+
+
+def full_workload(cfg: Config, cfg_options: dict) -> str | None:
+    """A detector's ``test_cfg.rcnn.score_thr`` to 0 (unless ``--cfg-options`` sets it), so that
+    ``max_per_img`` detections reach the mask head whatever the weights; the note saying so, or None."""
+    rcnn = cfg.model.get('test_cfg', {}).get('rcnn')
+    if cli.task_of(cfg) != 'detection' or not rcnn or 'model.test_cfg.rcnn.score_thr' in cfg_options:
+        return None
+    rcnn.score_thr = 0.0
+    return (f'workload: model.test_cfg.rcnn.score_thr=0, so {rcnn.get("max_per_img")} detections per image reach '
+            'the mask head (--cfg-options model.test_cfg.rcnn.score_thr=X for another)')
 
 
 def build_peers(cfg: Config, ours: nn.Module, device: torch.device) -> tuple[list[Peer], list[str]]:
@@ -458,10 +464,13 @@ def report(env: dict, notes: list[str], rows: list[Row]) -> str:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     cfg = load_config(args.config, args.cfg_options)
+    if not args.checkpoint:
+        drop_pretrained_init(cfg.model)
+    workload = full_workload(cfg, args.cfg_options or {})
     args.shape = tuple(args.shape or default_shape(cfg))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -469,11 +478,7 @@ def main() -> None:
     init_default_scope(cfg.default_scope)
     torch.manual_seed(0)
     ours = build_model(cfg.model)
-    try:
-        origin = initialise(ours, cfg, args.checkpoint)
-    except CheckpointError as error:
-        hint = '' if args.checkpoint else ' Or --cfg-options model.backbone.init_cfg=None for random weights.'
-        raise CheckpointError(f'{error}{hint}') from None
+    origin = initialise(ours, args.checkpoint)
     if args.onnxruntime and (device.type != 'cpu' or cli.task_of(cfg) == 'detection' and args.batch_size != 1):
         raise UsageError('--onnxruntime runs on the CPU (--device cpu), detectors at --batch-size 1 (their graph '
                          'takes one image)')
@@ -482,6 +487,7 @@ def main() -> None:
     prepare_inference(ours, precision, args.channels_last, args.compile)
     images = torch.randn(args.batch_size, 3, *args.shape, generator=torch.Generator().manual_seed(0)).to(device)
     peers, notes = build_peers(cfg, ours, device) if args.compare else ([], [])
+    notes = [workload] * bool(workload) + notes
     label = ', '.join(['ours'] + ['channels_last'] * args.channels_last + ['compiled'] * args.compile)
     batch = synthetic_batch(ours, cli.task_of(cfg), args.batch_size, args.shape, with_targets=False)
     test_step = f'{cfg.model.type} test_step'

@@ -9,19 +9,19 @@ import argparse
 
 from mmengine.config import Config
 
-from backbones.runtime.cli import run_tool
+from backbones.runtime import cli
 from backbones.runtime.complexity import complexity, paper_shape
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument('config')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), help='input height and width')
-    return parser.parse_args()
+    parser.add_argument('--shape', type=cli.at_least(16), nargs=2, metavar=('H', 'W'), help='input height and width')
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     cfg = Config.fromfile(args.config)
     shape = tuple(args.shape) if args.shape else paper_shape(cfg)
     params, counts = complexity(cfg, shape)
@@ -32,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    run_tool(main)
+    cli.run_tool(main)

@@ -73,3 +73,27 @@ def test_common_arguments_have_one_definition_each() -> None:
 
 def test_project_errors_are_the_ones_run_tool_reports() -> None:
     assert set(cli.PROJECT_ERRORS) == {CheckpointError, DatasetError, DatasetNotFoundError, UsageError}
+
+
+def test_argument_errors_are_one_line_and_exit_status_1(capsys) -> None:
+    """argparse prints its usage and exits with 2; the tools' parser says what is wrong in one line, status 1."""
+    parser = cli.ArgumentParser('a tool')
+    parser.prog = 'tool.py'
+    parser.add_argument('--batch-size', type=cli.at_least(1), default=1)
+    parser.add_argument('--size', type=cli.at_least(32, 1024), default=128)
+    parser.add_argument('--score-thr', type=cli.in_range(0, 1, 'scores are probabilities'), default=0.3)
+    assert vars(parser.parse_args(['--batch-size', '3', '--score-thr', '1'])) == dict(batch_size=3, size=128,
+                                                                                   score_thr=1.0)
+    for argv, message in [
+        (['--batch-size', '0'], '--batch-size: must be at least 1, got 0'),
+        (['--batch-size', 'x'], "--batch-size: 'x' is not a whole number"),
+        (['--size', '4096'], '--size: must be between 32 and 1024, got 4096'),
+        (['--score-thr', '2'], '--score-thr: must be between 0 and 1 (scores are probabilities), got 2'),
+        (['--score-thr', 'nan'], '--score-thr: must be between 0 and 1 (scores are probabilities), got nan'),
+        (['--nope'], 'unrecognized arguments: --nope'),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        # SystemExit with a string: Python prints it alone on stderr and exits with status 1.
+        assert exit_info.value.code == f'error: {message}. See tool.py --help for the options.'
+    assert capsys.readouterr().err == ''  # no usage block
