@@ -6,6 +6,7 @@
 * :func:`check_datasets`: a one-line error naming the missing file and the docs section.
 * :func:`check_hook_options`, :func:`check_work_dir`: one line before training for a misspelt hook
   option or a work dir that cannot be written.
+* :func:`skip_pretrained_init`: no pre-trained initialisation (no download) when a checkpoint replaces it.
 * :func:`enable_tta`: ``--tta``, the config's test-time augmentation model and pipeline.
 """
 import ast
@@ -211,6 +212,53 @@ def check_work_dir(work_dir: str) -> None:
         raise UsageError(f'Cannot create the work dir {work_dir}: {error.strerror}. Give another --work-dir.') from None
     if not os.access(work_dir, os.W_OK | os.X_OK):
         raise UsageError(f'Cannot write to the work dir {work_dir}: permission denied. Give another --work-dir.')
+
+
+def drop_pretrained_init(model: ConfigDict) -> list[str]:
+    """Remove every ``Pretrained`` entry of the ``init_cfg`` fields in a model config.
+
+    Returns:
+        What was removed: ``model.backbone.init_cfg (<checkpoint>)`` for each.
+    """
+    skipped: list[str] = []
+    _drop_pretrained(model, 'model', skipped)
+    return skipped
+
+
+def _drop_pretrained(node: object, where: str, skipped: list[str]) -> None:
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            _drop_pretrained(item, f'{where}.{index}', skipped)
+    if not isinstance(node, dict):
+        return
+    init = node.get('init_cfg')
+    entries = init if isinstance(init, list) else [init]
+    kept = [e for e in entries if not (isinstance(e, dict) and e.get('type') == 'Pretrained')]
+    if len(kept) < len(entries):
+        skipped += [f"{where}.init_cfg ({e.get('checkpoint')})" for e in entries if e not in kept]
+        node['init_cfg'] = kept if isinstance(init, list) else None
+    for key, value in node.items():
+        if key != 'init_cfg':
+            _drop_pretrained(value, f'{where}.{key}', skipped)
+
+
+def skip_pretrained_init(cfg: Config) -> str | None:
+    """With ``load_from`` or ``resume`` set, drop the model's ``Pretrained`` initialisations.
+
+    mmengine initialises the model (downloading or reading the pre-training file) before ``load_from`` or
+    the resumed checkpoint replaces every weight, so that file would be needed for nothing, and on a new
+    machine its absence would stop the run.
+
+    Returns:
+        The log line naming what was skipped and why, or None when nothing was.
+    """
+    if not (cfg.get('load_from') or cfg.get('resume')):
+        return None
+    skipped = drop_pretrained_init(cfg.model)
+    if not skipped:
+        return None
+    return (f"Skipped the pre-trained initialisation of {', '.join(skipped)}: the checkpoint of "
+            f"{'--resume' if cfg.get('resume') else '--load-from'} replaces those weights.")
 
 
 def enable_tta(cfg: Config) -> None:

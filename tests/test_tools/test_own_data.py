@@ -155,8 +155,13 @@ def test_test_and_infer_take_the_classes_and_ids_from_the_checkpoint(tmp_path, t
 
 def test_fine_tuning_to_other_classes_initialises_the_class_layers_afresh(tmp_path, trained_detector) -> None:
     ensure_demo_data(tmp_path / 'demo', num_train=4, num_val=2, image_size=64, seed=23)  # 4 classes, not 3
+    # The backbone's pre-training file is absent, as on a new machine: --load-from replaces those weights anyway.
+    absent = tmp_path / 'absent.pth'
     result = run('tools/train.py', DET_CONFIG, '--work-dir', str(tmp_path / 'work'), '--data-root',
-                 str(tmp_path / 'demo' / 'coco'), '--load-from', str(trained_detector), '--cfg-options', *SHORT)
+                 str(tmp_path / 'demo' / 'coco'), '--load-from', str(trained_detector), '--cfg-options',
+                 f'model.backbone.init_cfg.checkpoint={absent}', *SHORT[1:])
+    assert (f'Skipped the pre-trained initialisation of model.backbone.init_cfg ({absent}): the checkpoint of '
+            '--load-from replaces those weights.') in result.stdout
     assert "initialised afresh for the config's classes (6 tensors of another number of classes): " \
            'roi_head.bbox_head.fc_cls.weight (4, 256) -> (5, 256)' in result.stdout
     assert 'roi_head.mask_head.conv_logits.weight (3, 64, 1, 1) -> (4, 64, 1, 1)' in result.stdout
@@ -303,9 +308,15 @@ def test_bad_starts_are_one_line(tmp_path, own_coco) -> None:
         (['tools/train.py', DET_CONFIG, '--data-root', str(own_coco), '--work-dir', str(not_a_folder / 'sub')],
          f'error: Cannot create the work dir {not_a_folder / "sub"}: Not a directory'),
         (['tools/infer.py', DET_CONFIG, 'x.pth', 'x.jpg', '--out', str(tmp_path), '--score-thr', '2'],
-         'error: --score-thr must be between 0 and 1'),
+         'error: --score-thr: must be between 0 and 1'),
+        (['tools/infer.py', DET_CONFIG, 'x.pth', 'x.jpg', '--out', str(tmp_path), '--batch-size', '0'],
+         'error: --batch-size: must be at least 1, got 0. See infer.py --help for the options.'),
+        (['tools/check_dataset.py', DET_CONFIG, '--workers', 'many'],
+         "error: --workers: 'many' is not a whole number. See check_dataset.py --help for the options."),
+        (['tools/export.py', DET_CONFIG, 'x.pth', '--out', str(tmp_path), '--shape', '8', '64'],
+         'error: --shape: must be between 16 and 4096 (pixels), got 8.'),
     ]
     for args, line in cases:
         result = run(*args, check=False)
-        assert result.returncode != 0 and line in result.stderr.strip().splitlines()[-1], (args, result.stderr[-2000:])
+        assert result.returncode == 1 and line in result.stderr.strip().splitlines()[-1], (args, result.stderr[-2000:])
         assert 'Traceback' not in result.stderr
