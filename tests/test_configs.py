@@ -222,3 +222,18 @@ def test_compiled_ops_receive_contiguous_tensors(path: str, monkeypatch) -> None
     assert all(len(r.pred_instances) > 0 for r in results)
     assert {'roi_align_forward', 'roi_align_backward', 'nms'} <= set(calls)
     assert not strided, strided[:5]
+
+
+@pytest.mark.parametrize('path', [p for p in DENSE_CONFIGS if '/demo/' not in p])
+def test_pretrained_weights_are_the_released_urls_and_auto_scale_lr_works(path: str) -> None:
+    """Weights download on first use (checkpoints/manifest.json lists each URL, the weights' license with it),
+    and ``--cfg-options auto_scale_lr.enable=True`` finds the recipe's total batch size in every config."""
+    import json
+
+    manifest = {entry['url']: entry for entry in json.loads(Path('checkpoints/manifest.json').read_text())['weights']}
+    cfg = Config.fromfile(path)
+    url = cfg.model.backbone.init_cfg.checkpoint
+    assert url in manifest and manifest[url]['kind'].startswith(('V1 ImageNet', 'V2 ImageNet')), url
+    assert (manifest[url]['license'] == 'CC-BY-NC-4.0') == ('convnextv2' in url), url
+    batch = cfg.train_dataloader.batch_size * 8  # the papers' 8 GPUs
+    assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=batch), path

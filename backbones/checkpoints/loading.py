@@ -6,17 +6,22 @@ plain paths, :func:`load_url_checkpoint` its ``load_url`` (every ``http(s)://``,
 ``open-mmlab://`` and ``mmcls://`` checkpoint), and :func:`refuse_remote_checkpoint` its loader for
 ``pavi://``, ``s3://`` and ``petrel://`` (which mmengine reads with ``torch.load``).
 """
+import dataclasses
 import hashlib
+import http.client
 import os
 import re
 import socket
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
 import torch
+import tqdm
 from mmengine.logging import print_log
 
 from ..errors import CheckpointError
@@ -24,11 +29,31 @@ from .huggingface import is_transformers_source, read_transformers_checkpoint
 from .reader import map_tensors, read_checkpoint_file
 
 TIMEOUT_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_TIMEOUT'
+DEADLINE_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_DEADLINE'
 MAX_BYTES_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_MAX_MB'
+OFFLINE_VARIABLE = 'CONVNEXT_DENSE_OFFLINE'
 DEFAULT_TIMEOUT_S = 60
+DEFAULT_DEADLINE_S = 7200
 DEFAULT_MAX_MB = 8192
 CHUNK_BYTES = 1 << 20
 
+
+@dataclasses.dataclass(frozen=True)
+class DownloadSettings:
+    """The bounds of one download, from the environment (:func:`download_settings`).
+
+    Attributes:
+        timeout: Seconds to connect and for each read (``CONVNEXT_DENSE_DOWNLOAD_TIMEOUT``, default 60).
+        deadline: Seconds for the whole download (``CONVNEXT_DENSE_DOWNLOAD_DEADLINE``, default 7200), so a
+            server that sends a byte just under the read timeout cannot keep it going forever.
+        max_bytes: The size cap (``CONVNEXT_DENSE_DOWNLOAD_MAX_MB``, default 8192 MB).
+        offline: ``CONVNEXT_DENSE_OFFLINE=1``: use the cache only, never the network.
+    """
+
+    timeout: float
+    deadline: float
+    max_bytes: int
+    offline: bool
 
 def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None) -> Any:
     """A local checkpoint, read as data by :func:`~backbones.checkpoints.reader.read_checkpoint_file`.
@@ -51,24 +76,26 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
     return checkpoint
 
 
-def download_settings() -> tuple[float, int]:
-    """The socket timeout (seconds, for connecting and for each read) and the size cap (bytes) of downloads,
-    from ``CONVNEXT_DENSE_DOWNLOAD_TIMEOUT`` and ``CONVNEXT_DENSE_DOWNLOAD_MAX_MB``.
+def download_settings() -> DownloadSettings:
+    """The download bounds from ``CONVNEXT_DENSE_DOWNLOAD_TIMEOUT``, ``CONVNEXT_DENSE_DOWNLOAD_DEADLINE``,
+    ``CONVNEXT_DENSE_DOWNLOAD_MAX_MB`` and ``CONVNEXT_DENSE_OFFLINE``.
 
     Raises:
-        CheckpointError: A setting that is not a positive number.
+        CheckpointError: A bound that is not a positive number.
     """
-    settings = []
-    for name, default in ((TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S), (MAX_BYTES_VARIABLE, DEFAULT_MAX_MB)):
+    values = []
+    for name, default in ((TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S), (DEADLINE_VARIABLE, DEFAULT_DEADLINE_S),
+                          (MAX_BYTES_VARIABLE, DEFAULT_MAX_MB)):
         text = os.environ.get(name, str(default))
         try:
             value = float(text)
         except ValueError:
             value = -1
-        if not value > 0:
+        if not 0 < value < float('inf'):
             raise CheckpointError(f'{name}={text!r} is not a positive number.')
-        settings.append(value)
-    return settings[0], int(settings[1] * (1 << 20))
+        values.append(value)
+    offline = os.environ.get(OFFLINE_VARIABLE, '').strip().lower() not in ('', '0', 'false', 'no')
+    return DownloadSettings(values[0], values[1], int(values[2] * (1 << 20)), offline)
 
 
 def cache_path(url: str, folder: str) -> str:
@@ -77,23 +104,39 @@ def cache_path(url: str, folder: str) -> str:
     return os.path.join(folder, f'{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name or "checkpoint.pth"}')
 
 
-def _download(url: str, path: str, timeout: float, max_bytes: int) -> None:
-    """Write ``url`` to ``path`` through a temporary file in its folder: complete, or not at all."""
+def _download(url: str, path: str, settings: DownloadSettings) -> None:
+    """Write ``url`` to ``path`` through a temporary file in its folder: complete, or not at all.
+
+    Each read takes what one arrival of bytes brings (``read1``), so the deadline is checked between
+    arrivals, not after a whole chunk that a slow server could stretch without end. A progress bar goes to
+    stderr: updated every second on a terminal, every 30 s into a log file.
+    """
     fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.download-', suffix='.partial')
+    started = time.monotonic()
     try:
-        with os.fdopen(fd, 'wb') as file, urllib.request.urlopen(url, timeout=timeout) as response:
+        with (os.fdopen(fd, 'wb') as file, urllib.request.urlopen(url, timeout=settings.timeout) as response,
+              tqdm.tqdm(total=None, unit='B', unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+                        desc=os.path.basename(path).split('-', 1)[-1]) as bar):
             declared = response.headers.get('Content-Length')
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise CheckpointError(f'Cannot download {url}: it has {int(declared)} bytes, more than '
-                                      f'{MAX_BYTES_VARIABLE}={max_bytes >> 20}; raise it if you trust the file.')
+            declared = int(declared) if declared and declared.isdigit() else None
+            if declared is not None and declared > settings.max_bytes:
+                raise CheckpointError(f'Cannot download {url}: it has {declared} bytes, more than '
+                                      f'{MAX_BYTES_VARIABLE}={settings.max_bytes >> 20}; raise it if you trust the '
+                                      'file.')
+            bar.total = declared
             received = 0
-            while chunk := response.read(CHUNK_BYTES):
+            while chunk := response.read1(CHUNK_BYTES):
                 received += len(chunk)
-                if received > max_bytes:
+                if received > settings.max_bytes:
                     raise CheckpointError(f'Cannot download {url}: it sends more than {MAX_BYTES_VARIABLE}='
-                                          f'{max_bytes >> 20} MB; raise it if you trust the file.')
+                                          f'{settings.max_bytes >> 20} MB; raise it if you trust the file.')
+                if time.monotonic() - started > settings.deadline:
+                    raise CheckpointError(f'Cannot download {url}: not complete after {settings.deadline:g} s '
+                                          f'({received} bytes; {DEADLINE_VARIABLE}); raise it for a slow network.')
                 file.write(chunk)
-            if declared and declared.isdigit() and received != int(declared):
+                bar.update(len(chunk))
+            if declared is not None and received != declared:
                 raise CheckpointError(f'Cannot download {url}: the connection ended after {received} of '
                                       f'{declared} bytes; try again.')
         os.replace(partial, path)
@@ -110,7 +153,8 @@ def load_url_checkpoint(url: str, model_dir: str | None = None, map_location: st
         url: The checkpoint's URL.
         model_dir: The cache folder; by default torch hub's ``checkpoints`` folder.
         map_location: As for :func:`load_local_checkpoint`.
-        progress: Log the download.
+        progress: Ignored: mmengine passes whether stdin is a terminal; the download is always logged and
+            its progress bar shown on stderr (mmengine calls this on the first process of a run only).
         **kwargs: What mmengine passes on for torch hub (``file_name``, ``check_hash``): ignored.
 
     Raises:
@@ -120,19 +164,24 @@ def load_url_checkpoint(url: str, model_dir: str | None = None, map_location: st
     folder = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
     path = cache_path(url, folder)
     if not os.path.exists(path):
-        timeout, max_bytes = download_settings()
+        settings = download_settings()
+        if settings.offline:
+            raise CheckpointError(f'Cannot load {url}: {OFFLINE_VARIABLE} is set and it is not in the cache; '
+                                  f'download it where there is a network and put it at {path}.')
         os.makedirs(folder, exist_ok=True)
-        if progress:
-            print_log(f'Downloading {url} to {path}', logger='current')
+        print_log(f'Downloading {url} to {path} (once; {OFFLINE_VARIABLE}=1 uses the cache only)',
+                  logger='current')
+        where = f'(cache folder {folder}; or download the file elsewhere and pass its local path)'
         try:
-            _download(url, path, timeout, max_bytes)
+            _download(url, path, settings)
+        except CheckpointError as error:
+            raise CheckpointError(f'{error} {where}.') from None
         except (socket.timeout, TimeoutError):
-            raise CheckpointError(f'Cannot download {url}: no answer within {timeout:g} s ({TIMEOUT_VARIABLE}). '
-                                  'Check the URL, or download the file elsewhere and pass its local path.') from None
-        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise CheckpointError(f'Cannot download {url}: no answer within {settings.timeout:g} s '
+                                  f'({TIMEOUT_VARIABLE}). Check the URL and the network {where}.') from None
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
             reason = getattr(error, 'reason', None) or error
-            raise CheckpointError(f'Cannot download {url}: {reason}. Check the URL, or download the file elsewhere '
-                                  'and pass its local path (checkpoints/README.md).') from None
+            raise CheckpointError(f'Cannot download {url}: {reason}. Check the URL and the network {where}.') from None
     return load_local_checkpoint(path, map_location)
 
 

@@ -8,5 +8,5 @@ convnext_t_backbone = dict(
     drop_path_rate=0.4,
     layer_scale_init_value=1.0,
     out_indices=(0, 1, 2, 3),
-    init_cfg=dict(type='Pretrained', checkpoint='checkpoints/convnext_tiny_1k_224.pth'))
+    init_cfg=dict(type='Pretrained', checkpoint='https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224.pth'))
 convnext_t_channels = [96, 192, 384, 768]

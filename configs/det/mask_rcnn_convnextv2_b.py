@@ -23,6 +23,7 @@ model = dict(
         version='v2',
         layer_scale_init_value=None,
         drop_path_rate=0.7,
-        init_cfg=dict(checkpoint='checkpoints/convnextv2_base_1k_224_ema.pt')),
+        init_cfg=dict(
+            checkpoint='https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_base_1k_224_ema.pt')),
     neck=dict(in_channels=[128, 256, 512, 1024]))
 optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.8, num_layers=12), optimizer=dict(lr=1e-4))

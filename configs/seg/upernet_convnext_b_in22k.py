@@ -24,5 +24,5 @@ val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(init_cfg=dict(checkpoint='checkpoints/convnext_base_22k_224.pth')),
+    backbone=dict(init_cfg=dict(checkpoint='https://dl.fbaipublicfiles.com/convnext/convnext_base_22k_224.pth')),
     test_cfg=dict(crop_size=crop_size, stride=(426, 426)))

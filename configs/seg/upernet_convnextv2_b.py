@@ -2,5 +2,7 @@
 # (multi-scale), 122M, 1170G. The recipe follows V1 B; the V2 paper does not list its hyper-parameters.
 _base_ = './upernet_convnext_b.py'
 model = dict(
-    backbone=dict(version='v2', layer_scale_init_value=None,
-                  init_cfg=dict(checkpoint='checkpoints/convnextv2_base_1k_224_ema.pt')))
+    backbone=dict(
+        version='v2', layer_scale_init_value=None,
+        init_cfg=dict(
+            checkpoint='https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_base_1k_224_ema.pt')))

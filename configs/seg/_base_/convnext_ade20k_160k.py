@@ -11,8 +11,10 @@ custom_hooks = [dict(type='RandomStateHook')]  # --resume continues the random n
 runner_type = 'ConvNeXtDenseRunner'
 default_hooks = dict(checkpoint=dict(type='ConvNeXtDenseCheckpointHook'))
 
-# 2 images per GPU x 8 GPUs = 16 per iteration.
+# 2 images per GPU x 8 GPUs = 16 per iteration: --cfg-options auto_scale_lr.enable=True scales the LR to
+# another total batch by mmengine's linear rule (mmseg's schedules define no auto_scale_lr).
 train_dataloader = dict(batch_size=2)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 

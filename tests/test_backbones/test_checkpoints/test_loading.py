@@ -20,9 +20,13 @@ EVIL = p.archive(p.checkpoint(p.call('os.system', p.text('touch executed'))))
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """``/a/<name>`` and ``/b/<name>``: two checkpoints of the same file name; ``/stream``: bytes without end;
-    ``/big``: a Content-Length over the cap; ``/short``: fewer bytes than it says; ``/evil``: a payload."""
+    ``/big``: a Content-Length over the cap; ``/short``: fewer bytes than it says; ``/evil``: a payload;
+    ``/trickle``: a byte every 0.2 s, each well within the read timeout. ``requests`` counts every request."""
+
+    requests = 0
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).requests += 1
         if self.path.startswith(('/a/', '/b/', '/evil', '/short')):
             body = {'/a': GOOD, '/b': OTHER, '/e': EVIL}.get(self.path[:2], GOOD)
             self.send_response(200)
@@ -33,6 +37,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header('Content-Length', str(10 << 30))
             self.end_headers()
+        elif self.path == '/trickle':
+            self.send_response(200)
+            self.send_header('Content-Length', '100')
+            self.end_headers()
+            try:
+                for _ in range(100):  # 20 s at most, then the server stops by itself
+                    self.wfile.write(b'\0')
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
         elif self.path == '/stream':
             self.send_response(200)
             self.end_headers()
@@ -115,3 +130,46 @@ def test_a_silent_server_times_out(hub, monkeypatch) -> None:
 def test_remote_storage_schemes_are_refused() -> None:
     with pytest.raises(CheckpointError, match='s3://bucket/x.pth: checkpoints on this storage are not read here'):
         load('s3://bucket/x.pth')
+
+
+def test_a_download_shows_its_progress_and_a_failure_names_the_cache_folder(server, hub, capsys) -> None:
+    load(f'{server}/a/convnext_tiny_1k_224.pth')
+    progress = capsys.readouterr().err
+    assert 'convnext_tiny_1k_224.pth' in progress and '100%' in progress
+    with pytest.raises(CheckpointError) as error:
+        load(f'{server}/missing.pth')
+    assert str(error.value).endswith(f'(cache folder {hub}; or download the file elsewhere and pass its local path).')
+
+
+def test_a_server_that_trickles_bytes_meets_the_overall_deadline(server, hub, monkeypatch) -> None:
+    """Each byte comes well within the read timeout, so only an overall deadline ends the download."""
+    monkeypatch.setenv('CONVNEXT_DENSE_DOWNLOAD_TIMEOUT', '5')
+    monkeypatch.setenv('CONVNEXT_DENSE_DOWNLOAD_DEADLINE', '1')
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=rf'^Cannot download {server}/trickle: not complete after 1 s \(\d+ '
+                                              r'bytes; CONVNEXT_DENSE_DOWNLOAD_DEADLINE\); raise it'):
+        load(f'{server}/trickle')
+    assert time.perf_counter() - started < 5
+    assert list(hub.iterdir()) == []  # no partial file left behind
+
+
+def test_offline_mode_reads_the_cache_and_never_the_network(server, hub, monkeypatch) -> None:
+    url = f'{server}/a/convnext_tiny_1k_224.pth'
+    monkeypatch.setenv('CONVNEXT_DENSE_OFFLINE', '1')
+    before = _Handler.requests
+    with pytest.raises(CheckpointError, match=rf'^Cannot load {url}: CONVNEXT_DENSE_OFFLINE is set and it is not in '
+                                              rf'the cache; download it where there is a network and put it at {hub}/'):
+        load(url)
+    assert _Handler.requests == before and not hub.exists()
+    monkeypatch.delenv('CONVNEXT_DENSE_OFFLINE')
+    assert torch.equal(load(url)['state_dict']['w'], torch.ones(2))  # downloaded once
+    monkeypatch.setenv('CONVNEXT_DENSE_OFFLINE', '1')
+    assert torch.equal(load(url)['state_dict']['w'], torch.ones(2))  # then read from the cache, offline
+    assert _Handler.requests == before + 1
+
+
+@pytest.mark.parametrize('value', ['0', '-1', 'inf', 'soon'])
+def test_download_bounds_must_be_positive_numbers(monkeypatch, value: str) -> None:
+    monkeypatch.setenv('CONVNEXT_DENSE_DOWNLOAD_DEADLINE', value)
+    with pytest.raises(CheckpointError, match=f"^CONVNEXT_DENSE_DOWNLOAD_DEADLINE='{value}' is not a positive number"):
+        load('http://127.0.0.1:9/never.pth')
