@@ -14,6 +14,7 @@ import torch
 TOOL = 'tools/analysis/benchmark.py'
 QUICK = ['--shape', '64', '64', '--warmup', '1', '--repeats', '2', '--threads', '1']
 NO_PRETRAINED = ['--cfg-options', 'model.backbone.init_cfg=None']
+RANDOM = 'no CKPT: random weights (the timing does not depend on them; give CKPT for a trained model)'
 # The tool as this checkout has it, whatever an editable install of the package points to.
 ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
 
@@ -59,10 +60,10 @@ def test_detector_inference_and_training_rows(monkeypatch, tmp_path, capsys) -> 
         assert row['max_abs_diff'] is None
     assert [row['ratio'] for row in rows[:3]] == [1.0, 1.0, 1.0]
     assert rows[3]['ratio'] == pytest.approx(rows[3]['p50_ms'] / rows[2]['p50_ms'])
-    assert result['environment']['threads'] == 1 and result['environment']['weights'] == 'no CKPT: random init'
+    assert result['environment']['threads'] == 1 and result['environment']['weights'] == RANDOM
 
     stdout = capsys.readouterr().out
-    assert 'CPU avx512_bf16=' in stdout and ', 1 threads' in stdout and 'weights: no CKPT: random init' in stdout
+    assert 'CPU avx512_bf16=' in stdout and ', 1 threads' in stdout and f'weights: {RANDOM}' in stdout
     assert '| model | implementation | precision | batch | shape | images/s |' in stdout
     assert '| MaskRCNN train step | ours with_cp | bf16 | 2 | 64x64 |' in stdout
     assert 'with_cp: peak memory ' in stdout
@@ -86,12 +87,15 @@ def test_bf16_runs_our_backbone_in_bf16_and_compare_without_peer_says_so(monkeyp
 
 
 def test_compare_runs_mmdet_and_timm_convnext_t_with_our_weights(monkeypatch, tmp_path) -> None:
+    # No CKPT and no --cfg-options: random weights, and the pre-trained URL of the config is not fetched.
     result = benchmark(monkeypatch, tmp_path, 'configs/det/mask_rcnn_convnext_t.py', '--precision', 'bf16',
-                       '--channels-last', '--compare', *NO_PRETRAINED)
+                       '--channels-last', '--compare')
     ours = 'ours, channels_last'
     assert cases(result) == [('backbone', ours), ('backbone', 'mmdet config'), ('backbone', 'timm features_only'),
                              ('MaskRCNN test_step', ours), ('MaskRCNN test_step', 'mmdet config')]
-    assert result['notes'] == []
+    assert result['environment']['weights'] == RANDOM
+    assert result['notes'] == ['workload: model.test_cfg.rcnn.score_thr=0, so 100 detections per image reach the '
+                               'mask head (--cfg-options model.test_cfg.rcnn.score_thr=X for another)']
     rows = result['rows']
     assert_consistent_timings(rows, batch=1)
     ours_p50 = {row['model']: row['p50_ms'] for row in rows if row['implementation'] == ours}
@@ -136,10 +140,36 @@ def test_precision_errors_are_one_line(monkeypatch, capsys) -> None:
         runpy.run_path(TOOL, run_name='__main__')
     assert exit_info.value.code == (
         'error: fp16 needs a GPU: on a CPU use bf16 (or auto, which picks it where the CPU computes it natively).')
-    # A precision that does not exist is argparse's usage error (exit status 2), naming the choices.
+    # A precision that does not exist is one line too (argparse's own error, exit status 1), naming the choices.
     monkeypatch.setattr(sys, 'argv', [TOOL, 'configs/demo/upernet_convnext_demo.py', '--precision', 'fp8'])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(TOOL, run_name='__main__')
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        "error: argument --precision: invalid choice: 'fp8' (choose from 'auto', 'fp32', 'bf16', 'fp16')")
+    assert exit_info.value.code == (
+        "error: --precision: invalid choice: 'fp8' (choose from 'auto', 'fp32', 'bf16', 'fp16'). "
+        'See benchmark.py --help for the options.')
+    assert capsys.readouterr().err == ''
+
+
+def test_the_workload_reaches_the_mask_head_with_random_weights() -> None:
+    """Without the threshold, random weights on random images leave the mask head idle; with it, every
+    detection the config keeps per image (max_per_img) gets a mask."""
+    from mmengine.registry import MODELS, init_default_scope
+
+    from backbones.runtime.config import load_config
+
+    tool = runpy.run_path(TOOL)
+    cfg = load_config('configs/demo/mask_rcnn_convnext_demo.py', {'model.backbone.init_cfg': None})
+    assert tool['full_workload'](cfg, {}) is not None and cfg.model.test_cfg.rcnn.score_thr == 0
+    init_default_scope(cfg.default_scope)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    model.init_weights()
+    batch = tool['synthetic_batch'](model, 'detection', 1, (64, 64), with_targets=False)
+    with torch.no_grad():
+        predictions = model.test_step(batch)[0].pred_instances
+    assert len(predictions) == cfg.model.test_cfg.rcnn.max_per_img
+    assert predictions.masks.shape[0] == len(predictions)
+    # A threshold given by --cfg-options is kept.
+    cfg = load_config('configs/demo/mask_rcnn_convnext_demo.py', {'model.test_cfg.rcnn.score_thr': 0.5})
+    assert tool['full_workload'](cfg, {'model.test_cfg.rcnn.score_thr': 0.5}) is None
+    assert cfg.model.test_cfg.rcnn.score_thr == 0.5
