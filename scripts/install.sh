@@ -21,6 +21,13 @@ cache_dir="${MMCV_CACHE_DIR:-$HOME/.cache/convnext-dense/wheels}"
 
 log() { printf '[install %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
+# The pinned torch 2.14.1 and mmcv build are for CPython 3.11: say so in one line rather than fail later.
+python_version="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+if [[ "$python_version" != "3.11" ]]; then
+    echo "error: make needs Python 3.11; PYTHON=$PYTHON is ${python_version:-not a runnable Python}. Install 3.11 (pyenv install 3.11, or your distribution's python3.11) or set PYTHON=/path/to/python3.11." >&2
+    exit 1
+fi
+
 if command -v nvcc >/dev/null 2>&1 && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     mmcv_device="cuda"
 else
