@@ -8,7 +8,7 @@ mmengine's root registries, which the mmdet and mmseg registries both fall back 
 * ``OPTIM_WRAPPER_CONSTRUCTORS``: ``LRDecayOptimWrapperConstructor``; ``OPTIM_WRAPPERS``:
   ``AutocastOptimWrapper`` (:mod:`.engine`);
 * ``HOOKS``: ``RandomStateHook``, ``FCMAEReconstructionHook`` (:mod:`.engine`),
-  ``ConvNeXtDenseCheckpointHook``; ``RUNNERS``: ``ConvNeXtDenseRunner`` (:mod:`.checkpoints.training`);
+  ``ConvNeXtDenseCheckpointHook``; ``RUNNERS``: ``ConvNeXtDenseRunner`` (:mod:`.engine.runner`);
 * ``DATASETS``: ``ImageFolderDataset``, and its transforms under the scope ``convnext_dense``
   (:mod:`.datasets.image_folder`), with ``LoadImageOrSkip`` (:mod:`.datasets.skip_unreadable`); the file
   backend ``convnext_dense_atomic`` (:mod:`.checkpoints.writing`).
@@ -22,16 +22,16 @@ from .checkpoints import (
     convert_state_dict,
     load_backbone_weights,
     load_local_checkpoint,
-    read_checkpoint,
+    open_checkpoint,
     read_checkpoint_file,
 )
-from .checkpoints.training import ConvNeXtDenseCheckpointHook, ConvNeXtDenseRunner
 from .datasets.image_folder import ImageFolderDataset
 from .datasets.skip_unreadable import LoadImageOrSkip
 from .engine.autocast import AutocastOptimWrapper
 from .engine.layer_decay import LRDecayOptimWrapperConstructor
 from .engine.randomness import RandomStateHook
 from .engine.reconstruction_hook import FCMAEReconstructionHook
+from .engine.runner import ConvNeXtDenseCheckpointHook, ConvNeXtDenseRunner
 from .models.convnext import ConvNeXt
 from .models.fcmae import FCMAE
 from .patches import apply_patches
@@ -42,4 +42,4 @@ __all__ = ['AutocastOptimWrapper', 'CheckpointError', 'ConvNeXt', 'ConvNeXtDense
            'ConvertedWeights', 'convert_state_dict', 'FCMAE', 'FCMAEReconstructionHook', 'ImageFolderDataset',
            'LoadImageOrSkip',
            'load_backbone_weights', 'load_local_checkpoint', 'LRDecayOptimWrapperConstructor', 'RandomStateHook',
-           'read_checkpoint', 'read_checkpoint_file']
+           'open_checkpoint', 'read_checkpoint_file']

@@ -17,7 +17,7 @@ from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
 
 import backbones  # noqa: F401  registers ConvNeXt
-from backbones.checkpoints.formats import load_model_weights
+from backbones.checkpoints.loading import load_model_weights
 from backbones.patches import import_mmpretrain
 from backbones.runtime.peers import peer_config
 from tests.helpers import randomize_at_fan_in_scale

@@ -26,10 +26,10 @@ import io
 
 import safetensors.torch
 import torch
-from mmengine.runner.checkpoint import CheckpointLoader
 
-from backbones.checkpoints.formats import DENSE_PARTS, convert_state_dict, unwrap_state_dict
-from backbones.checkpoints.huggingface import write_transformers_folder
+from backbones.checkpoints.layouts import DENSE_PARTS, model_layout
+from backbones.checkpoints.layouts.transformers import from_ours as write_transformers_folder
+from backbones.checkpoints.loading import open_checkpoint
 from backbones.checkpoints.writing import write_atomic
 from backbones.runtime import cli
 from backbones.runtime.own_data import dataset_meta_of
@@ -53,19 +53,16 @@ def class_names(checkpoint: dict) -> list[str] | None:
 
 def main() -> None:
     args = build_parser().parse_args()
-    checkpoint = CheckpointLoader.load_checkpoint(args.input, map_location='cpu')
-    weights = convert_state_dict(unwrap_state_dict(checkpoint))
+    checkpoint = open_checkpoint(args.input)
+    weights = checkpoint.weights
     if args.to == 'hf':
         heads = {} if args.backbone_only else weights.other
-        model_class = write_transformers_folder(args.output, weights.backbone, heads, class_names(checkpoint))
+        model_class = write_transformers_folder(args.output, weights.backbone, heads, class_names(checkpoint.contents))
         print(f'{args.input}: {weights.source_format} format -> {args.output}/ (transformers {model_class})')
         return
 
     keep_dense_parts = bool(weights.other) and not args.backbone_only  # a whole model: keep its neck and heads
-    if keep_dense_parts:
-        converted = {**{f'backbone.{k}': v for k, v in weights.backbone.items()}, **weights.other}
-    else:
-        converted = weights.backbone
+    converted = model_layout(weights, args.backbone_only)
     meta = dict(source=args.input, source_format=weights.source_format)
     converted = {key: value.contiguous() for key, value in converted.items()}
     if args.output.endswith('.safetensors'):

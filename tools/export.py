@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--precision', choices=['fp32', 'fp16'], default='fp32',
                         help='fp32 (default) or fp16 with LayerNorm and GRN statistics in fp32')
     parser.add_argument('--labels', action='store_true', help='UperNet: output the label map instead of logits')
-    parser.add_argument('--shape', type=cli.in_range(16, 4096, 'pixels'), nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=cli.at_least(16, 4096), nargs=2, metavar=('H', 'W'),
                         help="the traced sample's height and width (default 64 64; the graph takes any size)")
     cli.add_config_options(parser)
     return parser

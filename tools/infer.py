@@ -55,8 +55,10 @@ from mmengine.structures import BaseDataElement
 from mmengine.utils import ProgressBar
 from mmseg.apis import MMSegInferencer
 
-from backbones.checkpoints.formats import load_model_weights
+from backbones.checkpoints.loading import Checkpoint, load_model_weights, open_checkpoint
+from backbones.deploy.onnx_file import ExportedFile, read_exported
 from backbones.errors import UsageError
+from backbones.patches import quiet_ffmpeg_logs
 from backbones.runtime import cli
 from backbones.runtime.config import enable_tta, load_config
 from backbones.runtime.device import resolve_device, unwrap_model
@@ -66,8 +68,6 @@ from backbones.runtime.own_data import apply_checkpoint_classes, class_heads
 from backbones.runtime.precision import resolve_precision
 
 INFERENCERS = {'detection': DetInferencer, 'segmentation': MMSegInferencer}
-# FFmpeg's own messages about a file it cannot read would add lines to our one warning line.
-os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')
 
 
 @dataclass
@@ -224,10 +224,11 @@ def batches(images: Iterable[Image], size: int) -> Iterator[list[Image]]:
         yield batch
 
 
-def build_inferencer(cfg: Config, checkpoint: str, device: str, onnx: bool = False) -> BaseInferencer:
+def build_inferencer(cfg: Config, checkpoint: 'Checkpoint | ExportedFile', device: str,
+                     onnx: bool = False) -> BaseInferencer:
     """mmdet's DetInferencer or mmseg's MMSegInferencer for ``cfg``, with the weights of ``checkpoint`` loaded
-    as tools/test.py loads them (``onnx``: the exported model of ``checkpoint`` run by ONNX Runtime) and the
-    class names and palette of the config's test set.
+    as tools/test.py loads them (``onnx``: ``checkpoint`` is the exported model, run by ONNX Runtime, which
+    ``cfg`` already names) and the class names and palette of the config's test set.
 
     Raises:
         CheckpointError: A checkpoint that cannot be read or does not fit the model, in one line.
@@ -241,7 +242,8 @@ def build_inferencer(cfg: Config, checkpoint: str, device: str, onnx: bool = Fal
     heads = {path: head.num_classes for path, head in class_heads(cfg.model)}
     classes = metainfo.get('classes') or ()
     if not classes or any(count != len(classes) for count in heads.values()):
-        raise UsageError(f'{checkpoint} does not carry its class names, and the config\'s test set has '
+        source = checkpoint.path if onnx else checkpoint.source
+        raise UsageError(f'{source} does not carry its class names, and the config\'s test set has '
                          f'{len(classes)} classes for heads of {max(heads.values(), default=0)}: name the classes '
                          'with --cfg-options test_dataloader.dataset.metainfo.classes="(a,b,...)".')
     inferencer.visualizer.dataset_meta = dict(classes=metainfo['classes'], palette=metainfo.get('palette'),
@@ -304,7 +306,9 @@ def main() -> None:
         raise UsageError(f'{args.config} is not a detection or segmentation config: infer.py runs those.')
     check_backend_options(args)
     onnx = args.backend == 'onnxruntime'
-    trained_on = (apply_onnx_classes if onnx else apply_checkpoint_classes)(cfg, args.checkpoint)
+    # The file is read once, here: its classes now, its weights once the inferencer is built.
+    checkpoint = read_exported(args.checkpoint) if onnx else open_checkpoint(args.checkpoint)
+    trained_on = apply_onnx_classes(cfg, checkpoint) if onnx else apply_checkpoint_classes(cfg, checkpoint)
     if trained_on:
         MMLogger.get_current_instance().info(trained_on)
     if args.tta:
@@ -312,6 +316,7 @@ def main() -> None:
     cfg.test_dataloader.dataset.pipeline = without_annotation_loading(cfg.test_dataloader.dataset.pipeline)
     cfg.visualizer.vis_backends = []  # each drawing goes to its own out_file; a backend would want a save_dir
 
+    quiet_ffmpeg_logs()  # FFmpeg's own messages about a file it cannot read would add lines to our warning line
     files, unmatched = find_inputs(args.inputs)
     if len(unmatched) == len(args.inputs):
         raise UsageError(f'nothing to run on: {"; ".join(unmatched)}')
@@ -320,8 +325,8 @@ def main() -> None:
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     if onnx:
-        use_onnx_model(cfg, args.checkpoint)
-    inferencer = build_inferencer(cfg, args.checkpoint, 'cpu' if onnx else str(device), onnx)
+        use_onnx_model(cfg, checkpoint)
+    inferencer = build_inferencer(cfg, checkpoint, 'cpu' if onnx else str(device), onnx)
     if not onnx:
         prepare_inference(inferencer.model, precision, args.channels_last, args.compile)
     if not run(inferencer, files, Path(args.out), args.batch_size, args.score_thr):

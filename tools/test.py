@@ -27,8 +27,9 @@ import os.path as osp
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
 
-from backbones.checkpoints.formats import load_model_weights
+from backbones.checkpoints.loading import load_model_weights, open_checkpoint
 from backbones.datasets.checks import forget_json
+from backbones.deploy.onnx_file import read_exported
 from backbones.errors import UsageError
 from backbones.runtime import cli
 from backbones.runtime.config import check_datasets, check_work_dir, enable_tta, load_config, set_data_root
@@ -88,7 +89,9 @@ def main() -> None:
     check_backend_options(args)
     precision = resolve_precision(args.precision, default_device())
     onnx = args.backend == 'onnxruntime'
-    trained_on = (apply_onnx_classes if onnx else apply_checkpoint_classes)(cfg, args.checkpoint)
+    # The file is read once, here: its classes now, its weights once the model is built.
+    checkpoint = read_exported(args.checkpoint) if onnx else open_checkpoint(args.checkpoint)
+    trained_on = apply_onnx_classes(cfg, checkpoint) if onnx else apply_checkpoint_classes(cfg, checkpoint)
     log_lines = [trained_on, classes_from_data(cfg, 'test', f'the checkpoint {args.checkpoint}' if trained_on
                                                else 'the config')]
     forget_json()  # the annotation files parsed for the classes: mmdet reads them itself
@@ -96,13 +99,13 @@ def main() -> None:
     check_work_dir(cfg.work_dir)
     adapt_to_cpu(cfg)
     if onnx:
-        use_onnx_model(cfg, args.checkpoint)
+        use_onnx_model(cfg, checkpoint)
 
     runner = RUNNERS.build(cfg)
     for line in filter(None, log_lines):
         runner.logger.info(line)
     if not onnx:
-        load_model_weights(unwrap_model(runner.model), args.checkpoint, runner.logger)
+        load_model_weights(unwrap_model(runner.model), checkpoint, runner.logger)
         prepare_inference(runner.model, precision, args.channels_last, args.compile)
     runner.test()
 

@@ -1,66 +1,59 @@
-"""mmengine's checkpoint loading, through the data-only reader: local paths, transformers folders and ``hf://``
-names, and URLs.
+"""Loading: every checkpoint enters through :func:`open_checkpoint`, read once, and goes from there to the
+models (:func:`load_backbone_weights`, :func:`load_model_weights`) and to mmengine (its loaders, below).
 
-:mod:`backbones.patches` points mmengine at these: :func:`load_local_checkpoint` is its loader for
-plain paths, :func:`load_url_checkpoint` its ``load_url`` (every ``http(s)://``, ``torchvision://``,
-``open-mmlab://`` and ``mmcls://`` checkpoint), and :func:`refuse_remote_checkpoint` its loader for
-``pavi://``, ``s3://`` and ``petrel://`` (which mmengine reads with ``torch.load``).
+* :func:`open_checkpoint`: a local file, a transformers model folder or ``hf://`` name, or an ``http(s)://``
+  URL (downloaded once, :mod:`.download`), read as data (:mod:`.reader`, :mod:`.huggingface`) into a
+  :class:`Checkpoint`: the contents as stored, the state dict, and its weights converted from the layout
+  :mod:`.layouts` recognises (computed on first use). A tool opens its file once and hands the
+  :class:`Checkpoint` to every consumer (classes, weights).
+* :func:`load_backbone_weights`, :func:`load_model_weights`: a :class:`Checkpoint` (or a source to open)
+  into a backbone or a whole detector/segmentor, with a load report and one-line errors.
+* mmengine's loaders, registered by :mod:`backbones.patches` for the schemes they serve (mmengine's log names
+  them: "Loads checkpoint by local/hf/http backend"): :func:`load_from_local` (paths and transformers folders),
+  :func:`load_from_hf` (``hf://``), :func:`load_from_http` (``http(s)://``), :func:`load_from_url` (mmengine's
+  ``load_url``, which its ``torchvision://``, ``open-mmlab://`` and ``mmcls://`` loaders call), and
+  :func:`refuse_remote_checkpoint` (``pavi://``, ``s3://``, ``petrel://``). They return the checkpoint with its
+  state dict in the layout the model takes (:meth:`Checkpoint.in_model_layout`), so ``load_checkpoint``,
+  ``init_model``, ``init_detector`` and the inferencers load every format the tools load, with the same weights.
 """
-import dataclasses
-import hashlib
-import http.client
-import os
+import functools
 import re
-import socket
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
+from dataclasses import dataclass
+from logging import Logger
 from typing import Any
 
 import torch
-import tqdm
-from mmengine.logging import print_log
+from torch import nn
 
 from ..errors import CheckpointError
-from .huggingface import is_transformers_source, read_transformers_checkpoint
+from .download import fetch
+from .huggingface import HUB_SCHEME, is_transformers_source, read_transformers_checkpoint
+from .layouts import (
+    OUR_LAYOUTS,
+    UNBUILT,
+    Arch,
+    ConvertedWeights,
+    NotConvNeXtError,
+    StateDict,
+    convert_state_dict,
+    model_layout,
+    unwrap_state_dict,
+)
 from .reader import map_tensors, read_checkpoint_file
 
-TIMEOUT_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_TIMEOUT'
-DEADLINE_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_DEADLINE'
-MAX_BYTES_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_MAX_MB'
-OFFLINE_VARIABLE = 'CONVNEXT_DENSE_OFFLINE'
-DEFAULT_TIMEOUT_S = 60
-DEFAULT_DEADLINE_S = 7200
-DEFAULT_MAX_MB = 8192
-CHUNK_BYTES = 1 << 20
+URL_SCHEMES = ('http://', 'https://')
+# The heads' output layers whose shapes follow the number of classes: Mask R-CNN's and Cascade's box
+# classifiers and class-specific box regressors, the mask head's logits, UperNet's decode and auxiliary heads.
+CLASS_LAYER = re.compile(r'(^|\.)(bbox_head(\.\d+)?\.(fc_cls|fc_reg)|mask_head(\.\d+)?\.conv_logits|'
+                         r'(decode_head|auxiliary_head)(\.\d+)?\.conv_seg)\.(weight|bias)$')
 
-
-@dataclasses.dataclass(frozen=True)
-class DownloadSettings:
-    """The bounds of one download, from the environment (:func:`download_settings`).
-
-    Attributes:
-        timeout: Seconds to connect and for each read (``CONVNEXT_DENSE_DOWNLOAD_TIMEOUT``, default 60).
-        deadline: Seconds for the whole download (``CONVNEXT_DENSE_DOWNLOAD_DEADLINE``, default 7200), so a
-            server that sends a byte just under the read timeout cannot keep it going forever.
-        max_bytes: The size cap (``CONVNEXT_DENSE_DOWNLOAD_MAX_MB``, default 8192 MB).
-        offline: ``CONVNEXT_DENSE_OFFLINE=1``: use the cache only, never the network.
-    """
-
-    timeout: float
-    deadline: float
-    max_bytes: int
-    offline: bool
 
 def load_local_checkpoint(filename: str, map_location: str | torch.device | None = None) -> Any:
     """A local checkpoint, read as data by :func:`~backbones.checkpoints.reader.read_checkpoint_file`.
 
     A transformers model folder, a weight file beside its ``config.json``, or an ``hf://`` Hub name is read
     by :func:`~backbones.checkpoints.huggingface.read_transformers_checkpoint` (names kept as stored;
-    :mod:`backbones.checkpoints.formats` maps them).
+    :mod:`backbones.checkpoints.layouts` maps them).
     mmengine's ``Runner.resume`` executes ``meta['config']`` as Python (``Config.fromstring``); here
     that text moves to ``meta['config_text']``, kept for reading and never executed.
     """
@@ -76,113 +69,276 @@ def load_local_checkpoint(filename: str, map_location: str | torch.device | None
     return checkpoint
 
 
-def download_settings() -> DownloadSettings:
-    """The download bounds from ``CONVNEXT_DENSE_DOWNLOAD_TIMEOUT``, ``CONVNEXT_DENSE_DOWNLOAD_DEADLINE``,
-    ``CONVNEXT_DENSE_DOWNLOAD_MAX_MB`` and ``CONVNEXT_DENSE_OFFLINE``.
+def read_source(source: str, map_location: str | torch.device | None = 'cpu') -> Any:
+    """The checkpoint ``source`` names, as stored: an ``http(s)://`` URL (downloaded once), an ``hf://`` name, a
+    transformers model folder or a local file.
 
     Raises:
-        CheckpointError: A bound that is not a positive number.
+        CheckpointError: Another scheme (``s3://``...), or anything that makes the source unusable, in one line.
     """
-    values = []
-    for name, default in ((TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S), (DEADLINE_VARIABLE, DEFAULT_DEADLINE_S),
-                          (MAX_BYTES_VARIABLE, DEFAULT_MAX_MB)):
-        text = os.environ.get(name, str(default))
+    source = str(source)
+    if source.startswith(URL_SCHEMES):
+        return load_local_checkpoint(fetch(source), map_location)
+    if '://' in source and not source.startswith(HUB_SCHEME):
+        raise CheckpointError(f'Cannot load {source}: give a local path, an http(s):// URL or an hf:// name.')
+    return load_local_checkpoint(source, map_location)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read once.
+
+    Attributes:
+        source: What it was read from (path, URL or ``hf://`` name).
+        contents: The checkpoint as stored (plain data: ``state_dict``, ``meta``, an optimizer's state...).
+    """
+
+    source: str
+    contents: Any
+
+    @functools.cached_property
+    def state_dict(self) -> StateDict:
+        """The tensors, as stored (``state_dict``, ``model`` or the checkpoint itself).
+
+        Raises:
+            CheckpointError: The checkpoint holds no dict of tensors.
+        """
+        return unwrap_state_dict(self.contents)
+
+    @functools.cached_property
+    def weights(self) -> ConvertedWeights:
+        """The backbone in this backbone's layout and the rest as stored (see :func:`.layouts.convert_state_dict`).
+
+        Raises:
+            CheckpointError: No ConvNeXt backbone was recognised, or its layout does not convert.
+        """
+        return convert_state_dict(self.state_dict)
+
+    @property
+    def meta(self) -> dict:
+        """``meta`` as stored, {} when there is none."""
+        meta = self.contents.get('meta') if isinstance(self.contents, dict) else None
+        return meta if isinstance(meta, dict) else {}
+
+    def in_model_layout(self) -> Any:
+        """The checkpoint for mmengine's loaders: a ConvNeXt checkpoint of a foreign layout with its state dict
+        converted to the layout our models take (a whole model: ``backbone.*`` and its neck and heads; a backbone
+        alone: the backbone's own names); our own layouts and checkpoints of other models as stored.
+
+        Raises:
+            CheckpointError: A ConvNeXt checkpoint whose layout does not convert.
+        """
         try:
-            value = float(text)
-        except ValueError:
-            value = -1
-        if not 0 < value < float('inf'):
-            raise CheckpointError(f'{name}={text!r} is not a positive number.')
-        values.append(value)
-    offline = os.environ.get(OFFLINE_VARIABLE, '').strip().lower() not in ('', '0', 'false', 'no')
-    return DownloadSettings(values[0], values[1], int(values[2] * (1 << 20)), offline)
+            weights = self.weights
+        except NotConvNeXtError:
+            return self.contents
+        except CheckpointError:
+            if not isinstance(self.contents, dict) or is_transformers_source(self.source):
+                raise
+            return self.contents  # not a dict of tensors: mmengine reports what it finds
+        if weights.source_format in OUR_LAYOUTS:
+            return self.contents
+        return {'state_dict': model_layout(weights), 'meta': {**self.meta, 'converted_from': weights.source_format}}
 
 
-def cache_path(url: str, folder: str) -> str:
-    """Where ``url`` is cached in ``folder``: named by a hash of the whole URL and its file name."""
-    name = re.sub(r'[^A-Za-z0-9._-]', '_', os.path.basename(urllib.parse.urlparse(url).path))[-100:]
-    return os.path.join(folder, f'{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name or "checkpoint.pth"}')
+def open_checkpoint(source: 'str | Checkpoint') -> Checkpoint:
+    """Read ``source`` once (see :func:`read_source`); a :class:`Checkpoint` is returned as it is.
 
-
-def _download(url: str, path: str, settings: DownloadSettings) -> None:
-    """Write ``url`` to ``path`` through a temporary file in its folder: complete, or not at all.
-
-    Each read takes what one arrival of bytes brings (``read1``), so the deadline is checked between
-    arrivals, not after a whole chunk that a slow server could stretch without end. A progress bar goes to
-    stderr: updated every second on a terminal, every 30 s into a log file.
+    Raises:
+        CheckpointError: The source cannot be read (see :func:`read_source`).
     """
-    fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.download-', suffix='.partial')
-    started = time.monotonic()
-    try:
-        with (os.fdopen(fd, 'wb') as file, urllib.request.urlopen(url, timeout=settings.timeout) as response,
-              tqdm.tqdm(total=None, unit='B', unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                        mininterval=1.0 if sys.stderr.isatty() else 30.0,
-                        desc=os.path.basename(path).split('-', 1)[-1]) as bar):
-            declared = response.headers.get('Content-Length')
-            declared = int(declared) if declared and declared.isdigit() else None
-            if declared is not None and declared > settings.max_bytes:
-                raise CheckpointError(f'Cannot download {url}: it has {declared} bytes, more than '
-                                      f'{MAX_BYTES_VARIABLE}={settings.max_bytes >> 20}; raise it if you trust the '
-                                      'file.')
-            bar.total = declared
-            received = 0
-            while chunk := response.read1(CHUNK_BYTES):
-                received += len(chunk)
-                if received > settings.max_bytes:
-                    raise CheckpointError(f'Cannot download {url}: it sends more than {MAX_BYTES_VARIABLE}='
-                                          f'{settings.max_bytes >> 20} MB; raise it if you trust the file.')
-                if time.monotonic() - started > settings.deadline:
-                    raise CheckpointError(f'Cannot download {url}: not complete after {settings.deadline:g} s '
-                                          f'({received} bytes; {DEADLINE_VARIABLE}); raise it for a slow network.')
-                file.write(chunk)
-                bar.update(len(chunk))
-            if declared is not None and received != declared:
-                raise CheckpointError(f'Cannot download {url}: the connection ended after {received} of '
-                                      f'{declared} bytes; try again.')
-        os.replace(partial, path)
-    except BaseException:
-        os.unlink(partial)
-        raise
+    if isinstance(source, Checkpoint):
+        return source
+    return Checkpoint(str(source), read_source(source))
 
 
-def load_url_checkpoint(url: str, model_dir: str | None = None, map_location: str | torch.device | None = None,
-                        progress: bool = True, **kwargs: Any) -> Any:
-    """Download a checkpoint once into torch hub's cache (``model_dir``) and read it like a local file.
+def check_compatible(weights: ConvertedWeights, backbone: nn.Module) -> list[str]:
+    """Check ``weights.backbone`` against ``backbone``; return the keys it leaves initialised.
+
+    Stages after the last of ``out_indices`` and output norms the backbone does not build (stages not
+    in ``out_indices``, or ``norm_outputs=False``) are moved to ``weights.leftovers``. Only the output norms may be
+    missing, and only when the checkpoint has none (classification and pre-training checkpoints).
+
+    Raises:
+        CheckpointError: A key without a place in ``backbone``, a shape mismatch, or a missing key,
+            naming the first one and what to check.
+    """
+    expected = backbone.state_dict()
+    given = weights.backbone
+    unbuilt = [k for k in given if k not in expected and (
+        re.match(r'stages\.\d\.', k) and int(k.split('.')[1]) >= len(backbone.stages)
+        or re.match(r'out_norms\.\d\.', k))]
+    if unbuilt:
+        weights.leftovers[UNBUILT] = unbuilt
+        weights.backbone = given = {k: v for k, v in given.items() if k not in unbuilt}
+    arch = f'the backbone is {backbone.version} depths {backbone.depths} dims {backbone.dims}'
+    wanted = Arch(backbone.version, list(backbone.depths), list(backbone.dims))
+    if weights.arch is not None and weights.arch != wanted:
+        raise CheckpointError(f'The checkpoint is {weights.arch} ({weights.source_format} format); the config builds '
+                              f'{wanted}. Use the config of the checkpoint\'s arch, or a checkpoint of this one.')
+    hint = _version_hint(given, expected)
+    for key, value in given.items():
+        if key not in expected:
+            raise CheckpointError(f"Checkpoint key '{key}' {tuple(value.shape)} has no place in the backbone "
+                                  f'({arch}).{hint} Check arch and version.')
+        if value.shape != expected[key].shape:
+            raise CheckpointError(f"Shape mismatch at '{key}': checkpoint {tuple(value.shape)}, backbone "
+                                  f'{tuple(expected[key].shape)}; {arch}. Check arch: the checkpoint is for another.')
+    missing = [k for k in expected if k not in given]
+    has_out_norms = any(k.startswith('out_norms.') for k in given)
+    not_allowed = [k for k in missing if has_out_norms or not k.startswith('out_norms.')]
+    if not_allowed:
+        key = not_allowed[0]
+        raise CheckpointError(f"Backbone parameter '{key}' {tuple(expected[key].shape)} is missing from the "
+                              f'checkpoint ({len(not_allowed)} missing in all; {arch}).{hint} Check arch and version.')
+    return missing
+
+
+def _version_hint(given: StateDict, expected: StateDict) -> str:
+    has_grn, wants_grn = (any('.grn.' in k for k in d) for d in (given, expected))
+    if has_grn and not wants_grn:
+        return " The checkpoint is ConvNeXt V2 (GRN): set version='v2'."
+    if wants_grn and not has_grn:
+        return " The checkpoint is ConvNeXt V1 (no GRN): set version='v1'."
+    return ''
+
+
+def load_backbone_weights(backbone: nn.Module, source: 'str | Checkpoint', logger: Logger) -> ConvertedWeights:
+    """Load any supported checkpoint into a :class:`backbones.ConvNeXt` and log what did not match.
+
+    Args:
+        backbone: The backbone to load into.
+        source: A :class:`Checkpoint`, or what :func:`open_checkpoint` opens (path, folder, URL, ``hf://`` name).
+        logger: Where the load report goes.
+
+    Raises:
+        CheckpointError: Unrecognised format, or keys/shapes that do not fit ``backbone``.
+    """
+    checkpoint = open_checkpoint(source)
+    path, weights = checkpoint.source, checkpoint.weights
+    left_initialised = check_compatible(weights, backbone)
+    backbone.load_state_dict(weights.backbone, strict=False)
+    logger.info(f'Loaded ConvNeXt backbone weights from {path} ({weights.source_format} format, '
+                f'{len(weights.backbone)} tensors).')
+    for reason, names in weights.leftovers.items():
+        logger.info(f'  not used ({reason}): {len(names)} tensors, e.g. {names[0]}')
+    if left_initialised:
+        logger.info(f'  not in the checkpoint, newly initialised (output norms): {", ".join(left_initialised)}')
+    return weights
+
+
+def load_exactly(model: nn.Module, state_dict: StateDict, source: str, check: str) -> None:
+    """Load ``state_dict`` into ``model`` strictly.
+
+    Args:
+        model: The module to load into.
+        state_dict: Its weights, in ``model``'s own names.
+        source: Where the weights come from, for the error (the path and format).
+        check: What the user should check when a key does not fit.
+
+    Raises:
+        CheckpointError: The first missing, unexpected or mis-shaped key, in one line.
+    """
+    expected = model.state_dict()
+    for key in [*expected, *state_dict]:
+        if key not in state_dict or key not in expected:
+            where = 'missing from the checkpoint' if key not in state_dict else 'not in the model'
+            raise CheckpointError(f"'{key}' is {where} ({source}). Check that {check}.")
+        if state_dict[key].shape != expected[key].shape:
+            raise CheckpointError(f"Shape mismatch at '{key}': checkpoint {tuple(state_dict[key].shape)}, model "
+                                  f'{tuple(expected[key].shape)} ({source}). Check that {check}.')
+    model.load_state_dict(state_dict, strict=True)
+
+
+def class_layers_afresh(model: nn.Module, state_dict: StateDict) -> list[str]:
+    """Take out of ``state_dict`` the class-specific output layers whose shapes differ from ``model``'s
+    (another number of classes), so that they keep their initialisation; one line per layer, with both shapes.
+    """
+    expected = model.state_dict()
+    afresh = [key for key, value in state_dict.items() if CLASS_LAYER.search(key) and key in expected
+              and value.shape != expected[key].shape]
+    lines = [f'{key} {tuple(state_dict[key].shape)} -> {tuple(expected[key].shape)}' for key in afresh]
+    for key in afresh:
+        state_dict[key] = expected[key]
+    return lines
+
+
+def load_model_weights(model: nn.Module, source: 'str | Checkpoint', logger: Logger,
+                       new_classes: bool = False) -> None:
+    """Load a whole detector/segmentor checkpoint of any supported format into ``model``, strictly.
+
+    ``source`` is a :class:`Checkpoint`, or what :func:`open_checkpoint` opens. The backbone part is converted
+    as in :func:`.layouts.convert_state_dict`; every other key must match
+    ``model`` exactly, except, with ``new_classes``, the class-specific output layers of the heads
+    (:data:`CLASS_LAYER`) when the model has another number of classes: those keep their initialisation,
+    and the report names them.
+
+    Raises:
+        CheckpointError: Missing, unexpected or mis-shaped keys, naming the first one.
+    """
+    checkpoint = open_checkpoint(source)
+    path, weights = checkpoint.source, checkpoint.weights
+    if not weights.source_format.endswith('-dense'):
+        raise CheckpointError(f'{path} holds only a backbone ({weights.source_format} format), not a whole '
+                              "model: use it as the backbone's init_cfg=dict(type='Pretrained', checkpoint=...).")
+    check_compatible(weights, model.backbone)
+    state_dict = model_layout(weights)
+    afresh = class_layers_afresh(model, state_dict) if new_classes else []
+    load_exactly(model, state_dict, f'{path}, {weights.source_format} format',
+                 'the config matches the checkpoint (model type, arch, number of classes)')
+    logger.info(f'Loaded {path} ({weights.source_format} format, {len(state_dict) - len(afresh)} tensors).')
+    if afresh:
+        logger.info(f'  initialised afresh for the config\'s classes ({len(afresh)} tensors of another number of '
+                    f'classes): {"; ".join(afresh)}')
+
+
+def _for_mmengine(source: str, map_location: Any) -> Any:
+    checkpoint = Checkpoint(source, read_source(source, 'cpu')).in_model_layout()
+    if map_location is not None and not callable(map_location) and torch.device(map_location).type != 'cpu':
+        checkpoint = map_tensors(checkpoint, map_location)
+    return checkpoint
+
+
+def load_from_local(filename: str, map_location: str | torch.device | None = None) -> Any:
+    """mmengine's loader for local paths and transformers model folders (:meth:`Checkpoint.in_model_layout`)."""
+    return _for_mmengine(filename, map_location)
+
+
+def load_from_hf(filename: str, map_location: str | torch.device | None = None) -> Any:
+    """mmengine's loader for ``hf://ORG/NAME[@REVISION]`` (:meth:`Checkpoint.in_model_layout`)."""
+    return _for_mmengine(filename, map_location)
+
+
+def load_from_http(filename: str, map_location: str | torch.device | None = None, model_dir: str | None = None,
+                   **kwargs: Any) -> Any:
+    """mmengine's loader for ``http(s)://`` (downloaded once into ``model_dir``, by default torch hub's cache).
+
+    Args:
+        filename: The URL.
+        map_location: Where the tensors go.
+        model_dir: The cache folder.
+        **kwargs: What mmengine passes on (``progress``): ignored, the download always shows its progress.
+    """
+    return load_from_url(filename, model_dir, map_location)
+
+
+def load_from_url(url: str, model_dir: str | None = None, map_location: str | torch.device | None = None,
+                  progress: bool = True, **kwargs: Any) -> Any:
+    """mmengine's ``load_url`` (torch hub's ``load_state_dict_from_url``, which unpickles with
+    ``weights_only=False``), which its ``torchvision://``, ``open-mmlab://`` and ``mmcls://`` loaders call:
+    downloaded once (:func:`.download.fetch`) and read as data, in the model's layout.
 
     Args:
         url: The checkpoint's URL.
         model_dir: The cache folder; by default torch hub's ``checkpoints`` folder.
-        map_location: As for :func:`load_local_checkpoint`.
-        progress: Ignored: mmengine passes whether stdin is a terminal; the download is always logged and
-            its progress bar shown on stderr (mmengine calls this on the first process of a run only).
+        map_location: Where the tensors go.
+        progress: Ignored: mmengine passes whether stdin is a terminal; the download always shows its progress.
         **kwargs: What mmengine passes on for torch hub (``file_name``, ``check_hash``): ignored.
 
     Raises:
-        CheckpointError: The download failed, timed out or is over the size cap (one line with the URL, the
-            reason and the setting to change), or the file cannot be loaded.
+        CheckpointError: The download or the file is unusable, in one line.
     """
-    folder = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
-    path = cache_path(url, folder)
-    if not os.path.exists(path):
-        settings = download_settings()
-        if settings.offline:
-            raise CheckpointError(f'Cannot load {url}: {OFFLINE_VARIABLE} is set and it is not in the cache; '
-                                  f'download it where there is a network and put it at {path}.')
-        os.makedirs(folder, exist_ok=True)
-        print_log(f'Downloading {url} to {path} (once; {OFFLINE_VARIABLE}=1 uses the cache only)',
-                  logger='current')
-        where = f'(cache folder {folder}; or download the file elsewhere and pass its local path)'
-        try:
-            _download(url, path, settings)
-        except CheckpointError as error:
-            raise CheckpointError(f'{error} {where}.') from None
-        except (socket.timeout, TimeoutError):
-            raise CheckpointError(f'Cannot download {url}: no answer within {settings.timeout:g} s '
-                                  f'({TIMEOUT_VARIABLE}). Check the URL and the network {where}.') from None
-        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
-            reason = getattr(error, 'reason', None) or error
-            raise CheckpointError(f'Cannot download {url}: {reason}. Check the URL and the network {where}.') from None
-    return load_local_checkpoint(path, map_location)
+    return _for_mmengine(fetch(url, model_dir), map_location)
 
 
 def refuse_remote_checkpoint(filename: str, map_location: Any = None) -> None:

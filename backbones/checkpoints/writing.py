@@ -3,7 +3,7 @@
 mmengine's local file backend opens the final path and writes into it: a crash or a full disk
 mid-write leaves a truncated checkpoint under the real name, which resume then picks up.
 :class:`AtomicLocalBackend` (backend name ``convnext_dense_atomic``, which
-:class:`~backbones.checkpoints.training.ConvNeXtDenseCheckpointHook` uses for its checkpoints) writes
+:class:`~backbones.engine.runner.ConvNeXtDenseCheckpointHook` uses for its checkpoints) writes
 each file through :func:`write_atomic`. It is registered under its own name only: mmengine's ``local``
 backend, and every other file mmengine writes, are left as they are.
 """

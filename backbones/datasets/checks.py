@@ -8,6 +8,12 @@ examples, and whose ``bad_images`` are the images to leave out when training sho
 A file that cannot be checked at all (no annotation file, JSON that does not parse, a file without
 images) is a one-line error naming the file and the fix. Images are read with Pillow on a thread pool;
 nothing here imports mmdet, mmseg or mmengine.
+
+A truncated image or label map fails to decode under Pillow's default (``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
+False, which nothing in the project or the libraries it installs changes) and is reported as unreadable. The
+checks decode under the process's setting and never change it, as every thread (the checks' own included)
+reads that one global: a process that sets it True has asked Pillow to read truncated files (their missing
+rows padded), and its checks report only the files that Pillow still cannot read.
 """
 import functools
 import json
@@ -16,12 +22,11 @@ import os
 import os.path as osp
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from ..errors import DatasetError, DatasetNotFoundError
 
@@ -215,10 +220,9 @@ def check_coco(ann_file: str, image_root: str, split: str, open_images: bool, wo
 
     probes = [(osp.join(image_root, image['file_name']), image['file_name'], sizes.get(image['id']), open_images)
               for image in images]
-    with _strict_decoding():
-        for (_, file_name, *_), problems in zip(probes, _in_threads(_check_image, probes, workers, progress)):
-            for kind, item in problems:
-                report(kind, item, file_name)
+    for (_, file_name, *_), problems in zip(probes, _in_threads(_check_image, probes, workers, progress)):
+        for kind, item in problems:
+            report(kind, item, file_name)
     return DatasetReport(split=split, source=ann_file, problems=_non_empty(found), bad_images=bad_images,
                          num_images=len(images), num_unannotated=len(names.keys() - annotated))
 
@@ -275,11 +279,10 @@ def check_label_maps(image_dir: str, label_dir: str, split: str, img_suffix: str
 
     found: dict[str, list[str]] = {kind: [] for kind in KINDS}
     bad_images: set[str] = set()
-    with _strict_decoding():
-        for (stem, *_), problems in zip(pairs, _in_threads(_check_pair, pairs, workers, progress)):
-            for kind, item in problems:
-                found[kind].append(item)
-                bad_images.add(stem)
+    for (stem, *_), problems in zip(pairs, _in_threads(_check_pair, pairs, workers, progress)):
+        for kind, item in problems:
+            found[kind].append(item)
+            bad_images.add(stem)
     return DatasetReport(split=split, source=label_dir, problems=_non_empty(found), bad_images=bad_images,
                          num_images=len(stems), num_unannotated=None)
 
@@ -426,17 +429,6 @@ def _header_size(path: str) -> tuple[int, int] | None:
             return image.size
     except Exception:  # Pillow raises many types on bad files
         return None
-
-
-@contextmanager
-def _strict_decoding() -> Iterator[None]:
-    """Make Pillow fail on truncated images (its default) for the duration, whatever a caller set."""
-    before = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def _in_threads(func: Callable[..., T], calls: Sequence[tuple], workers: int, progress: Progress | None) -> list[T]:

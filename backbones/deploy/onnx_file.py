@@ -11,11 +11,13 @@ its equal-shaped weights a node reads, as the exporter's de-duplication of equal
 data. The metadata is JSON of bounded size, checked field by field (:func:`read_info`).
 
 The file is read once into memory (at most :data:`MAX_FILE_BYTES`) and handed to ONNX Runtime as bytes, so
-ONNX Runtime opens no path of the file's choosing.
+ONNX Runtime opens no path of the file's choosing. A tool reads it once (:func:`read_exported`: its classes
+and family) and hands that read to the model it builds from the path (:func:`hand_over`), which verifies and
+runs those same bytes.
 """
 import json
 import os
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import onnx
@@ -27,7 +29,8 @@ from torch import nn
 from ..errors import CheckpointError
 from .export import FAMILIES, FORMAT_VERSION, METADATA_KEY, ExportInfo, build_graph, graph_bytes
 
-__all__ = ['MAX_FILE_BYTES', 'load_exported', 'open_exported', 'read_info']
+__all__ = ['MAX_FILE_BYTES', 'ExportedFile', 'hand_over', 'load_exported', 'open_exported', 'read_exported',
+           'read_info']
 
 MAX_FILE_BYTES = 2 ** 31  # protobuf's own limit for one message
 MAX_METADATA_BYTES = 1 << 20
@@ -100,13 +103,48 @@ def _checked_info(path: str, text: str) -> ExportInfo:
     return ExportInfo(**values)
 
 
+@dataclass(frozen=True)
+class ExportedFile:
+    """An exported file, read and parsed once.
+
+    Attributes:
+        path: Where it was read from.
+        model: The parsed graph (not yet verified: :func:`open_exported` does that).
+        info: What its metadata says, checked as data.
+    """
+
+    path: str
+    model: onnx.ModelProto
+    info: ExportInfo
+
+
+def read_exported(path: str) -> ExportedFile:
+    """Read and parse ``path`` once, with its metadata checked as data.
+
+    Raises:
+        CheckpointError: A missing, oversized or unparsable file, or one without our metadata.
+    """
+    model = _read(path)
+    return ExportedFile(path, model, _info_of(path, model))
+
+
 def read_info(path: str) -> ExportInfo:
     """What an exported file says of itself (family, precision, classes, ...), checked as data.
 
     Raises:
         CheckpointError: A missing, oversized or unparsable file, or one without our metadata.
     """
-    return _info_of(path, _read(path))
+    return read_exported(path).info
+
+
+# Reads a tool handed to the models it builds from a path (:func:`hand_over`), taken by the first such model.
+_handed_over: dict[str, ExportedFile] = {}
+
+
+def hand_over(exported: ExportedFile) -> None:
+    """Give the tool's read of a file to the model it builds next from that path (:func:`open_exported`), so
+    that the file is read once per run and the model verifies and runs the bytes the tool read."""
+    _handed_over[exported.path] = exported
 
 
 def _info_of(path: str, model: onnx.ModelProto) -> ExportInfo:
@@ -191,7 +229,8 @@ def _compare(path: str, given: onnx.ModelProto, ours: onnx.ModelProto) -> None:
 
 
 def open_exported(path: str, model_cfg: dict) -> tuple[bytes, ExportInfo]:
-    """Read ``path`` after proving it is the export of ``model_cfg`` (module docstring).
+    """Read ``path`` (or take the read a tool handed over for it) after proving it is the export of
+    ``model_cfg`` (module docstring).
 
     Args:
         path: A file of tools/export.py.
@@ -203,8 +242,8 @@ def open_exported(path: str, model_cfg: dict) -> tuple[bytes, ExportInfo]:
     Raises:
         CheckpointError: A file that is not that export, in one line.
     """
-    given = _read(path)  # read and parsed once: what is checked is what ONNX Runtime gets
-    info = _info_of(path, given)
+    exported = _handed_over.pop(path, None) or read_exported(path)
+    given, info = exported.model, exported.info  # read and parsed once: what is checked is what ONNX Runtime gets
     model = MODELS.build(ConfigDict(model_cfg))
     from .export import family_of  # the family the config builds must be the file's
     family = family_of(model, 'backbone' if info.family == 'backbone' else 'model')

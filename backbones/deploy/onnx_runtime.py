@@ -11,8 +11,9 @@ the steps mmdet and mmseg take after the network stay in Python, with their own 
   test-time augmentation through the config's TTA model), padding removed and logits resized to the
   original image by mmseg's ``postprocess_result``.
 
-These classes are registered in mmengine's root ``MODELS`` when a tool imports this module; a config never
-names them, and ``import backbones`` does not register them.
+A config never names these classes: :func:`onnx_model_cfg`, which writes the model config that names one,
+registers both in mmengine's root ``MODELS`` first (:func:`register_onnx_models`). Importing this module
+registers nothing.
 """
 from collections.abc import Sequence
 
@@ -27,25 +28,31 @@ from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
 
 from ..errors import UsageError
-from .onnx_file import load_exported, read_info
+from .onnx_file import ExportedFile, hand_over, load_exported, read_exported
 
-__all__ = ['OnnxRuntimeDetector', 'OnnxRuntimeSegmentor', 'onnx_model_cfg']
+__all__ = ['OnnxRuntimeDetector', 'OnnxRuntimeSegmentor', 'onnx_model_cfg', 'register_onnx_models']
 
 
-def onnx_model_cfg(model_cfg: ConfigDict, onnx_file: str) -> dict:
-    """The config of the ONNX Runtime model that runs ``onnx_file`` in place of ``model_cfg``.
+def onnx_model_cfg(model_cfg: ConfigDict, exported: 'ExportedFile | str') -> dict:
+    """The config of the ONNX Runtime model that runs the exported file in place of ``model_cfg``, with the
+    model's class registered (:func:`register_onnx_models`).
 
-    ``model_cfg`` must already have the file's classes (:func:`backbones.deploy.onnx_file.read_info`), as
-    the file is verified against it when the model is built.
+    ``model_cfg`` must already have the file's classes (its :class:`~.onnx_file.ExportedFile`'s ``info``), as
+    the file is verified against it when the model is built. The file is read once: ``exported`` (or the read
+    of a path given instead) is handed to the model built from the returned config (:func:`.onnx_file.hand_over`).
 
     Raises:
+        CheckpointError: A path that is not an export of tools/export.py.
         UsageError: A backbone-only or label-map export (they have no predictions for the tools).
     """
-    info = read_info(onnx_file)
+    exported = read_exported(exported) if isinstance(exported, str) else exported
+    info = exported.info
     if info.family == 'backbone' or info.labels:
-        raise UsageError(f'{onnx_file} is a {info.family} export with no predictions for the tools')
+        raise UsageError(f'{exported.path} is a {info.family} export with no predictions for the tools')
     kind = 'OnnxRuntimeSegmentor' if info.family == 'upernet' else 'OnnxRuntimeDetector'
-    return dict(type=kind, onnx_file=onnx_file, reference=model_cfg.to_dict(),
+    register_onnx_models()
+    hand_over(exported)
+    return dict(type=kind, onnx_file=exported.path, reference=model_cfg.to_dict(),
                 data_preprocessor=model_cfg.data_preprocessor.to_dict(), test_cfg=model_cfg.get('test_cfg'))
 
 
@@ -53,7 +60,6 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy()
 
 
-@MODELS.register_module()
 class OnnxRuntimeDetector(BaseDetector):
     """An exported Mask R-CNN or Cascade Mask R-CNN (``TwoStageDetectorGraph``) as an mmdet detector.
 
@@ -99,7 +105,6 @@ class OnnxRuntimeDetector(BaseDetector):
         raise UsageError('an exported detector gives predictions only (mode="predict")')
 
 
-@MODELS.register_module()
 class OnnxRuntimeSegmentor(BaseSegmentor):
     """An exported UperNet (``SegmentorGraph``, logits) as an mmseg segmentor with ``EncoderDecoder``'s
     ``whole``/``slide`` inference and post-processing.
@@ -135,3 +140,15 @@ class OnnxRuntimeSegmentor(BaseSegmentor):
 
     def extract_feat(self, *args, **kwargs) -> tuple:
         raise UsageError('an exported segmentor gives predictions only (mode="predict")')
+
+
+def register_onnx_models() -> None:
+    """Register :class:`OnnxRuntimeDetector` and :class:`OnnxRuntimeSegmentor` in mmengine's root ``MODELS``
+    (whose mmdet and mmseg scopes fall back to it), once: a later call changes nothing.
+
+    Raises:
+        KeyError: Another class holds one of the names (mmengine's error).
+    """
+    for model in (OnnxRuntimeDetector, OnnxRuntimeSegmentor):
+        if MODELS.module_dict.get(model.__name__) is not model:
+            MODELS.register_module(module=model)

@@ -1,1 +1,2 @@
-"""What the configs name for training: the LR-decay constructor, the CPU autocast wrapper, hooks."""
+"""What the configs name for training: the Runner and its checkpoint hook (runner.py), the LR-decay constructor,
+the CPU autocast wrapper, the random-state and reconstruction hooks."""

@@ -25,7 +25,7 @@ from timm.layers import LayerNorm2d
 from timm.models.convnext import ConvNeXt as TimmConvNeXt
 from torch import nn
 
-from ..checkpoints.formats import load_backbone_weights
+from ..checkpoints.loading import load_backbone_weights
 from ..errors import UsageError
 
 # depths and dims of the paper sizes; V2 blocks add GRN and drop LayerScale.
@@ -130,7 +130,7 @@ class ConvNeXt(BaseModule):
             segmentation backbone). FCMAE pre-training feeds the raw last stage to its decoder and
             builds the backbone without them.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads any format that
-            :func:`backbones.checkpoints.formats.load_backbone_weights` detects; other init configs go to
+            :func:`backbones.checkpoints.loading.load_backbone_weights` detects; other init configs go to
             mmengine.
     """
 

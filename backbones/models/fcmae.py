@@ -27,7 +27,9 @@ from timm.layers import trunc_normal_
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
-from ..checkpoints.formats import FCMAE_DECODER_PREFIXES, StateDict, convert_state_dict, load_exactly, read_checkpoint
+from ..checkpoints.layouts import StateDict, convert_state_dict
+from ..checkpoints.layouts.fcmae import DECODER_PREFIXES as FCMAE_DECODER_PREFIXES
+from ..checkpoints.loading import load_exactly, open_checkpoint
 from ..errors import CheckpointError, UsageError
 from .convnext import MASK_STRIDE, ConvNeXt, upsample_mask
 
@@ -176,7 +178,7 @@ class FCMAE(BaseModel):
         if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
             super().init_weights()
             return
-        state_dict, source_format = convert_fcmae_checkpoint(read_checkpoint(cfg['checkpoint']))
+        state_dict, source_format = convert_fcmae_checkpoint(open_checkpoint(cfg['checkpoint']).state_dict)
         load_exactly(self, state_dict, f"{cfg['checkpoint']}, {source_format} format",
                      'the FCMAE arch and decoder_dim/decoder_depth match the checkpoint')
         MMLogger.get_current_instance().info(
@@ -187,7 +189,7 @@ class FCMAE(BaseModel):
 def convert_fcmae_checkpoint(state_dict: StateDict) -> tuple[StateDict, str]:
     """A whole FCMAE checkpoint (encoder and decoder) in :class:`FCMAE`'s layout, and its format.
 
-    The encoder goes through :func:`backbones.checkpoints.formats.convert_state_dict` (official sparse layout
+    The encoder goes through :func:`backbones.checkpoints.layouts.convert_state_dict` (official sparse layout
     or this model's ``backbone.`` layout); the official decoder's blocks are renamed to timm's and
     their GRN reshaped to (C,).
 

@@ -42,7 +42,7 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
     reach their ``test_`` copies (``test_evaluator = val_evaluator`` in a config is copied when it is
     read), unless the options set test keys too.
 
-    A config that names no runner gets :class:`backbones.checkpoints.training.ConvNeXtDenseRunner`, so
+    A config that names no runner gets :class:`backbones.engine.runner.ConvNeXtDenseRunner`, so
     that ``--resume`` reads checkpoints through its schema, whatever config a user writes.
 
     Raises:

@@ -15,6 +15,7 @@ The ADE20K maps follow ADE20K's convention (0 = unlabelled, loaded with reduce_z
 background, 2-5 the four classes, so the segmentor learns and is scored on background too.
 Generation is deterministic for a seed, and skipped when OUT already holds the same data.
 """
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -25,13 +26,16 @@ import pycocotools.mask as mask_utils
 from mmengine.config import Config
 
 DEMO_COMMON_CONFIG = Path(__file__).resolve().parents[2] / 'configs' / 'demo' / '_base_' / 'demo_common.py'
-# The class names (and palettes) are the demo configs' (configs/demo/_base_/demo_common.py), in the order
-# shape_mask draws them.
-DEMO_COMMON = Config.fromfile(DEMO_COMMON_CONFIG)
-CLASSES = tuple(DEMO_COMMON.demo_classes)
 # Mean BGR colour of each class; instances jitter around it.
 CLASS_COLOURS = np.array([(40, 40, 220), (40, 190, 40), (220, 90, 30), (30, 210, 230)], dtype=np.float32)
 MIN_VISIBLE_FRACTION = 0.35
+
+
+@functools.cache
+def demo_common() -> Config:
+    """The demo configs' shared settings (``configs/demo/_base_/demo_common.py``), read on first use: the class
+    names (and palettes), in the order :func:`shape_mask` draws them."""
+    return Config.fromfile(DEMO_COMMON_CONFIG)
 
 
 def shape_mask(rng: np.random.Generator, label: int, size: int, image_size: int) -> np.ndarray:
@@ -80,7 +84,7 @@ def make_scene(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, l
     image = textured_background(rng, image_size)
     objects: list[tuple[int, int, np.ndarray]] = []  # label, full area, visible mask
     for _ in range(rng.integers(1, 5)):
-        label = int(rng.integers(len(CLASSES)))
+        label = int(rng.integers(len(demo_common().demo_classes)))
         for _attempt in range(10):
             mask = shape_mask(rng, label, int(rng.uniform(0.18, 0.55) * image_size), image_size)
             occluded = [(other, area, visible & (1 - mask)) for other, area, visible in objects]
@@ -107,6 +111,7 @@ def mask_annotation(mask: np.ndarray) -> list | dict:
 def generate(out: Path, num_train: int, num_val: int, image_size: int, seed: int) -> None:
     """Write both datasets under ``out`` (see the module docstring)."""
     rng = np.random.default_rng(seed)
+    common = demo_common()
     for coco_split, ade_split, count in (('train', 'training', num_train), ('val', 'validation', num_val)):
         for folder in (out / 'coco' / coco_split, out / 'coco' / 'annotations', out / 'ade' / 'images' / ade_split,
                        out / 'ade' / 'annotations' / ade_split):
@@ -128,9 +133,9 @@ def generate(out: Path, num_train: int, num_val: int, image_size: int, seed: int
                                         segmentation=mask_annotation(mask)))
             cv2.imwrite(str(out / 'ade' / 'annotations' / ade_split / f'{name}.png'), semantic)
         coco = dict(images=images, annotations=annotations,
-                    categories=[dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)])
+                    categories=[dict(id=i + 1, name=name) for i, name in enumerate(common.demo_classes)])
         (out / 'coco' / 'annotations' / f'instances_{coco_split}.json').write_text(json.dumps(coco))
-    classes = dict(classes=list(DEMO_COMMON.demo_seg_classes), palette=[list(c) for c in DEMO_COMMON.demo_seg_palette],
+    classes = dict(classes=list(common.demo_seg_classes), palette=[list(c) for c in common.demo_seg_palette],
                    ignore=0)
     (out / 'ade' / 'classes.json').write_text(json.dumps(classes))
 

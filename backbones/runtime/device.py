@@ -23,7 +23,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-@MODEL_WRAPPERS.register_module()
 class CPUDistributedDataParallel(MMDistributedDataParallel):
     """MMDistributedDataParallel for CPU processes (gloo): no device ids, and SyncBN layers, which
     need CUDA, reverted to per-process BN."""
@@ -33,12 +32,25 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
         super().__init__(module=revert_sync_batchnorm(module), device_ids=None, **kwargs)
 
 
+def register_cpu_ddp() -> None:
+    """Register :class:`CPUDistributedDataParallel` in mmengine's root ``MODEL_WRAPPERS``, once: a later call
+    changes nothing.
+
+    Raises:
+        KeyError: Another class holds the name (mmengine's error).
+    """
+    if MODEL_WRAPPERS.module_dict.get(CPUDistributedDataParallel.__name__) is not CPUDistributedDataParallel:
+        MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
+
+
 def adapt_to_cpu(cfg: Config) -> None:
-    """Make a GPU recipe runnable without CUDA; a no-op where CUDA is available.
+    """Make a GPU recipe runnable without CUDA; where CUDA is available, only register the wrapper.
 
     The optimizer, lr and schedule are unchanged, so results stay comparable; precision is set apart
-    (:func:`set_training_precision`).
+    (:func:`set_training_precision`). :class:`CPUDistributedDataParallel` is registered
+    (:func:`register_cpu_ddp`) on every machine, as a config that a CPU run wrote names it.
     """
+    register_cpu_ddp()
     if torch.cuda.is_available():
         return
     cfg.setdefault('env_cfg', ConfigDict()).setdefault('dist_cfg', ConfigDict()).backend = 'gloo'

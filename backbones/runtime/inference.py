@@ -18,7 +18,6 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torch._inductor.config as inductor_config
 import torchvision
 from mmcv.ops import RoIAlign
 from torch import nn
@@ -26,6 +25,7 @@ from torch._inductor import cpp_builder
 from torch._inductor.exc import InvalidCxxCompiler
 
 from ..errors import UsageError
+from ..patches import enable_inductor_freezing
 from .device import unwrap_model
 from .precision import autocast_test_step
 
@@ -94,9 +94,9 @@ def compile_backbone(model: nn.Module) -> None:
     """``torch.compile`` the backbone in place (its state-dict keys unchanged), weights frozen.
 
     Inductor then folds the weights as constants and fuses the elementwise work of each block into its
-    matrix products. Freezing is inductor's process-wide ``freezing`` setting (its per-call option
-    ``options={'freezing': True}`` measured 831 ms per ConvNeXt-T call at 800x1344 in bf16, against 672
-    ms), so this is for processes that only infer: frozen weights do not follow later updates. The first
+    matrix products. Freezing is inductor's process-wide ``freezing`` setting, set by
+    :func:`backbones.patches.enable_inductor_freezing` (patch 6 there says why not the per-call option), so
+    this is for processes that only infer: frozen weights do not follow later updates. The first
     image of each new size compiles (tens of seconds on a small CPU); after the second size the graph is
     compiled for dynamic sizes. Pays on long evaluations only.
 
@@ -109,7 +109,7 @@ def compile_backbone(model: nn.Module) -> None:
         except InvalidCxxCompiler:
             raise UsageError('--compile on a CPU needs a C++ compiler (torch.compile builds its kernels with it): '
                              'install g++ or set CXX, or leave out --compile.') from None
-    inductor_config.freezing = True
+    enable_inductor_freezing()
     model.backbone.compile()
 
 

@@ -15,9 +15,9 @@ from mmengine.logging import MMLogger
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import DATASETS, MODELS, init_default_scope
 
-from ..checkpoints.formats import load_model_weights
+from ..checkpoints.loading import load_model_weights, open_checkpoint
 from ..deploy.export import ExportInfo, build_graph, check_fp32_norms, export_graph, family_of, sample_inputs
-from ..deploy.onnx_file import read_info
+from ..deploy.onnx_file import ExportedFile
 from ..errors import UsageError
 from .cli import task_of
 from .own_data import apply_checkpoint_classes, set_classes
@@ -58,15 +58,15 @@ def check_backend_options(args: argparse.Namespace) -> None:
         raise UsageError('--backend onnxruntime evaluates in one process: leave out --launcher.')
 
 
-def apply_onnx_classes(cfg: Config, onnx_file: str) -> str | None:
-    """Give ``cfg`` the classes (category ids, palette) that ``onnx_file`` was exported with, as
+def apply_onnx_classes(cfg: Config, exported: ExportedFile) -> str | None:
+    """Give ``cfg`` the classes (category ids, palette) that the ``exported`` file was exported with, as
     :func:`backbones.runtime.own_data.apply_checkpoint_classes` does for a checkpoint; the line for the log.
 
     Raises:
         CheckpointError: A file that is not an export of tools/export.py.
         UsageError: A backbone-only or label-map file, or the config names other classes than the file.
     """
-    info = read_info(onnx_file)
+    onnx_file, info = exported.path, exported.info
     if info.family == 'backbone' or info.labels:
         raise UsageError(f'{onnx_file} is a {"backbone" if info.family == "backbone" else "label-map"} export: '
                          'tools/test.py and tools/infer.py run the full model exported with its default outputs.')
@@ -78,16 +78,17 @@ def apply_onnx_classes(cfg: Config, onnx_file: str) -> str | None:
     return set_classes(cfg, info.classes, onnx_file, **extra)
 
 
-def use_onnx_model(cfg: Config, onnx_file: str) -> None:
-    """Replace ``cfg.model`` by the ONNX Runtime model of ``onnx_file``, which is verified against it when
+def use_onnx_model(cfg: Config, exported: ExportedFile) -> None:
+    """Replace ``cfg.model`` by the ONNX Runtime model of the ``exported`` file (the tool's one read of it,
+    handed to the model), which is verified against it when
     built (:mod:`backbones.deploy.onnx_file`); call after :func:`apply_onnx_classes` (which refuses files the
     tools cannot run), once the classes are final."""
-    from ..deploy.onnx_runtime import onnx_model_cfg  # registers the ONNX Runtime models
+    from ..deploy.onnx_runtime import onnx_model_cfg  # mmdet's and mmseg's model code: for this backend only
 
     if 'module' in cfg.model:  # a TTA model (--tta) around the model
-        cfg.model.module = onnx_model_cfg(cfg.model.module, onnx_file)
+        cfg.model.module = onnx_model_cfg(cfg.model.module, exported)
     else:
-        cfg.model = onnx_model_cfg(cfg.model, onnx_file)
+        cfg.model = onnx_model_cfg(cfg.model, exported)
 
 
 @dataclass
@@ -130,13 +131,14 @@ def export_model(cfg: Config, checkpoint: str, path: str, part: str = 'model', p
     if task_of(cfg) not in ('detection', 'segmentation'):
         raise UsageError(f'{cfg.filename} is not a Mask R-CNN, Cascade Mask R-CNN or UperNet model: tools/export.py '
                          'exports those (or --part backbone of them).')
-    apply_checkpoint_classes(cfg, checkpoint)
+    opened = open_checkpoint(checkpoint)  # read once: its classes, then its weights
+    apply_checkpoint_classes(cfg, opened)
     init_default_scope(cfg.default_scope)
     if 'init_cfg' in cfg.model.backbone:
         cfg.model.backbone.init_cfg = None  # the checkpoint below has all the weights
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     _checked_family(model, cfg, part, labels)
-    load_model_weights(model, checkpoint, MMLogger.get_current_instance())
+    load_model_weights(model, opened, MMLogger.get_current_instance())
     return export_built(model, cfg, path, part, precision, labels, shape)
 
 

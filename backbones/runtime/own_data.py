@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 from mmengine.config import Config, ConfigDict
-from mmengine.runner.checkpoint import CheckpointLoader
 
+from ..checkpoints.loading import Checkpoint
 from ..datasets.checks import read_json
 from ..errors import DatasetError, UsageError
 from .cli import TASKS
@@ -303,19 +303,14 @@ def dataset_meta_of(checkpoint: Any) -> dict:
     return dataset_meta if isinstance(dataset_meta, dict) else {}
 
 
-def checkpoint_dataset_meta(path: str) -> dict:
-    """:func:`dataset_meta_of` the checkpoint file ``path`` ({} for folders, URLs and ``hf://`` names)."""
-    return dataset_meta_of(CheckpointLoader.load_checkpoint(path, map_location='cpu')) if osp.isfile(path) else {}
-
-
-def apply_checkpoint_classes(cfg: Config, checkpoint: str) -> str | None:
+def apply_checkpoint_classes(cfg: Config, checkpoint: Checkpoint) -> str | None:
     """Give ``cfg`` the classes (and category ids, palette) that ``checkpoint`` was trained on, when it
     carries them; return the line for the log (None when it does not).
 
     Raises:
         UsageError: The config names other classes (see :func:`set_classes`).
     """
-    meta = checkpoint_dataset_meta(checkpoint)
+    meta = dataset_meta_of(checkpoint.contents)
     classes = meta.get('classes')
     if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(name, str) for name in classes)):
         return None
@@ -323,4 +318,4 @@ def apply_checkpoint_classes(cfg: Config, checkpoint: str) -> str | None:
     palette = meta.get('palette')
     if isinstance(palette, (list, tuple)) and len(palette) >= len(classes):
         extra['palette'] = [tuple(int(c) for c in colour) for colour in palette[:len(classes)]]
-    return set_classes(cfg, tuple(classes), checkpoint, **extra)
+    return set_classes(cfg, tuple(classes), checkpoint.source, **extra)

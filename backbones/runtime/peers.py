@@ -19,7 +19,7 @@ MM_PEERS = {
     'EncoderDecoder': ('mmseg', 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'),
 }
 TIMM_PEER = 'convnext_tiny'
-# Our (timm) backbone names -> mmpretrain's, for ConvNeXt V1 (backbones.checkpoints.formats reads them back).
+# Our (timm) backbone names -> mmpretrain's, for ConvNeXt V1 (backbones.checkpoints.layouts.mmpretrain reads them back).
 MMPRETRAIN_NAMES = (
     (r'^stem\.(\d)\.', r'downsample_layers.0.\1.'),
     (r'^stages\.(\d)\.downsample\.(\d)\.', r'downsample_layers.\1.\2.'),

@@ -201,3 +201,32 @@ def test_onnx_runtime_backend_writes_what_the_pytorch_backend_writes(demo, tmp_p
     for name in ('val_00000.png', 'val_00001.png'):
         labels = [cv2.imread(str(tmp_path / backend / 'labels' / name), cv2.IMREAD_UNCHANGED) for backend in BACKENDS]
         assert labels[0].shape == (SIZE, SIZE) and (labels[0] == labels[1]).all()
+
+
+def test_each_tool_reads_the_file_it_is_given_once(demo, tmp_path, monkeypatch) -> None:
+    """tools/test.py and tools/infer.py read a checkpoint once (classes and weights from one read), and with
+    --backend onnxruntime the exported file once (classes, model type and verification from one read)."""
+    import backbones.checkpoints.loading as loading
+    import backbones.deploy.onnx_file as onnx_file
+
+    reads = []
+    for module, name in ((loading, 'read_source'), (onnx_file, '_read')):
+        def counted(path, *args, _original=getattr(module, name), **kwargs):
+            reads.append(str(path))
+            return _original(path, *args, **kwargs)
+        monkeypatch.setattr(module, name, counted)
+    monkeypatch.setattr(sys, 'argv', ['tools/export.py', SEG_CONFIG, str(demo / 'seg.pth'), '--out',
+                                      str(tmp_path / 'seg'), '--shape', str(SIZE), str(SIZE)])
+    runpy.run_path('tools/export.py', run_name='__main__')
+    assert reads == [str(demo / 'seg.pth')]
+    exported = str(tmp_path / 'seg' / 'model.onnx')
+    image = str(demo / 'images' / 'val_00000.jpg')
+    for file, backend in ((str(demo / 'seg.pth'), 'pytorch'), (exported, 'onnxruntime')):
+        reads.clear()
+        infer_here(monkeypatch, SEG_CONFIG, file, image, '--out', str(tmp_path / backend), '--backend', backend)
+        assert reads == [file], backend
+        reads.clear()
+        monkeypatch.setattr(sys, 'argv', ['tools/test.py', SEG_CONFIG, file, '--data-root', str(demo / 'data' / 'ade'),
+                                          '--work-dir', str(tmp_path / f'test_{backend}'), '--backend', backend])
+        runpy.run_path('tools/test.py', run_name='__main__')
+        assert reads == [file], backend

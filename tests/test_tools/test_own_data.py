@@ -314,7 +314,7 @@ def test_bad_starts_are_one_line(tmp_path, own_coco) -> None:
         (['tools/check_dataset.py', DET_CONFIG, '--workers', 'many'],
          "error: --workers: 'many' is not a whole number. See check_dataset.py --help for the options."),
         (['tools/export.py', DET_CONFIG, 'x.pth', '--out', str(tmp_path), '--shape', '8', '64'],
-         'error: --shape: must be between 16 and 4096 (pixels), got 8.'),
+         'error: --shape: must be between 16 and 4096, got 8. See export.py --help for the options.'),
     ]
     for args, line in cases:
         result = run(*args, check=False)

@@ -83,7 +83,7 @@ from mmengine.structures import InstanceData, PixelData
 from mmengine.utils import ProgressBar
 from torch import nn
 
-from backbones.checkpoints.formats import load_exactly, load_model_weights
+from backbones.checkpoints.loading import load_exactly, load_model_weights
 from backbones.deploy.onnx_runtime import onnx_model_cfg
 from backbones.errors import CheckpointError, UsageError
 from backbones.models.convnext import V1_ARCHS, ConvNeXt

@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 from mmengine.logging import HistoryBuffer
 
-from backbones.checkpoints.training import plain_data
+from backbones.engine.runner import plain_data
 
 WORKER = 'tests.test_backbones.test_checkpoints.fuzz_worker'
 CASES = 3000

@@ -22,40 +22,21 @@ from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
 from backbones import ConvNeXt
-from backbones.checkpoints.formats import convert_state_dict, load_model_weights, read_checkpoint
-from backbones.checkpoints.huggingface import write_transformers_folder
-from backbones.checkpoints.training import ConvNeXtDenseRunner
+from backbones.checkpoints.layouts import convert_state_dict
+from backbones.checkpoints.layouts.transformers import from_ours as write_transformers_folder
+from backbones.checkpoints.loading import load_model_weights, open_checkpoint
+from backbones.engine.runner import ConvNeXtDenseRunner
 from backbones.errors import CheckpointError
-from backbones.patches import peers_dir
 
-WORKER = Path(__file__).with_name('transformers_worker.py')
-TRANSFORMERS = os.path.join(peers_dir(), 'transformers')
+from .transformers_peer import run_worker
+
 UPERNET_CONFIG = 'configs/seg/upernet_convnext_t.py'
 RELATIVE_TOLERANCE = 1e-4
-IMAGE_SIZE = 224
 
 
-def transformers_env() -> dict[str, str]:
-    return {**os.environ, 'PYTHONPATH': os.pathsep.join([TRANSFORMERS, os.getcwd()]), 'HF_HUB_OFFLINE': '1',
-            'TRANSFORMERS_VERBOSITY': 'error'}
-
-
-def run_worker(command: str, folder: Path) -> dict[str, torch.Tensor]:
-    result = subprocess.run([sys.executable, str(WORKER), command, str(folder)], env=transformers_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return safetensors.torch.load_file(folder / f'{command}.safetensors')
-
-
-@pytest.fixture(scope='session')
-def made(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor], torch.Tensor]:
-    """transformers' models saved in DIR/NAME, their outputs, and the image they ran on."""
-    if not os.path.isdir(TRANSFORMERS):
-        pytest.fail(f'transformers is not installed in {TRANSFORMERS}: run make install')
-    folder = tmp_path_factory.mktemp('transformers')
-    images = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
-    safetensors.torch.save_file({'images': images}, folder / 'input.safetensors')
-    return folder, run_worker('make', folder), images
+def read_checkpoint(source: str) -> dict:
+    """The state dict of ``source`` as stored, read through the project's one way in."""
+    return open_checkpoint(source).state_dict
 
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from backbones.datasets import checks
 from backbones.datasets.checks import DatasetError, check_coco, check_label_maps, read_json
@@ -100,6 +100,22 @@ def test_text_and_truncated_jpegs_are_unreadable_only_when_images_are_opened(tmp
     assert report.problems == {checks.UNREADABLE_IMAGE: ['sub/b.jpg']}
     assert report.bad_images == {'sub/b.jpg'}
     assert check_coco(ann_file, image_root, 'train', open_images=False).ok()
+
+
+def test_images_are_decoded_under_pillows_setting_which_the_check_leaves_alone(tmp_path, monkeypatch) -> None:
+    # LOAD_TRUNCATED_IMAGES is one global that every thread reads, the caller's too: a process that set it True
+    # has asked Pillow to read truncated files (padded), and the check reads them so.
+    ann_file, image_root = coco_set(tmp_path, images=[image_entry(1, 'a.jpg'), image_entry(2, 'sub/b.jpg', 64, 64),
+                                                      image_entry(3, 'c.jpg')])
+    write_image(tmp_path / 'images' / 'sub' / 'b.jpg', (64, 64))  # its half lacks pixels only (16x16's, headers)
+    truncate(tmp_path / 'images' / 'sub' / 'b.jpg')
+    assert check_coco(ann_file, image_root, 'train', open_images=True).problems == {
+        checks.UNREADABLE_IMAGE: ['sub/b.jpg']}  # under Pillow's default
+    monkeypatch.setattr(ImageFile, 'LOAD_TRUNCATED_IMAGES', True)
+    seen, open_image = [], Image.open
+    monkeypatch.setattr(Image, 'open', lambda *args: seen.append(ImageFile.LOAD_TRUNCATED_IMAGES) or open_image(*args))
+    assert check_coco(ann_file, image_root, 'train', open_images=True, workers=2).ok()
+    assert seen == [True] * 3
 
 
 def test_an_image_of_another_size_than_the_file_says_when_images_are_opened(tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""backbones/checkpoints/training.py: what training writes is data, and --resume reads it through a schema.
+"""backbones/engine/runner.py: what training writes is data, and --resume reads it through a schema.
 
 The attacks run through ``tools/train.py --resume`` on a toy training of a second (``tests.helpers``).
 """
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from backbones.checkpoints import read_checkpoint_file
-from backbones.checkpoints.training import find_resume_checkpoint
+from backbones.engine.runner import find_resume_checkpoint
 from tests.helpers import toy_config
 
 ENV = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONPATH=os.getcwd())  # tests.helpers importable

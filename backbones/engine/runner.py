@@ -1,4 +1,5 @@
-"""Training's checkpoints: written as plain data, and read back on ``--resume`` through a schema.
+"""The Runner and the checkpoint hook every config names: checkpoints written as plain data, read back on
+``--resume`` through a schema.
 
 mmengine's Runner pickles its message hub as ``HistoryBuffer`` objects, and its ``resume`` uses what
 the file holds as it is: ``Config.fromstring(meta['config'])`` executes Python from the file, the
@@ -9,7 +10,7 @@ link to ``/dev/zero``). The two classes here, named in every config of the proje
 * :class:`ConvNeXtDenseCheckpointHook` (``default_hooks.checkpoint.type``): mmengine's
   ``CheckpointHook`` whose checkpoints hold data only (the message hub's buffers as tensors and ints;
   numpy values as tensors and numbers), so that ``torch.load(weights_only=True)`` reads them with no
-  allow-list at all, written atomically (:mod:`.writing`).
+  allow-list at all, written atomically (:mod:`backbones.checkpoints.writing`).
 * :class:`ConvNeXtDenseRunner` (``runner_type``): mmengine's ``Runner`` whose ``--resume`` reads the
   file with :func:`~backbones.checkpoints.reader.read_checkpoint_file` and takes from it only what a
   schema allows (:func:`parse_resume_state`): ``meta.epoch``/``iter`` as non-negative ints, the seed,
@@ -18,7 +19,7 @@ link to ``/dev/zero``). The two classes here, named in every config of the proje
   come from the work dir's own files; config text is never executed; without ``--resume CKPT`` the
   checkpoint is the one :func:`find_resume_checkpoint` finds in the work dir, and with none there the
   run stops with one line instead of training from scratch. The random state is validated by its
-  owner, :class:`backbones.randomness.RandomStateHook`.
+  owner, :class:`backbones.engine.randomness.RandomStateHook`.
 """
 import glob
 import os
@@ -36,11 +37,11 @@ from mmengine.registry import HOOKS, RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
+from ..checkpoints.loading import load_model_weights
+from ..checkpoints.pickle_data import Record
+from ..checkpoints.reader import read_checkpoint_file
+from ..checkpoints.writing import ATOMIC_BACKEND
 from ..errors import CheckpointError
-from .formats import load_model_weights
-from .pickle_data import Record
-from .reader import read_checkpoint_file
-from .writing import ATOMIC_BACKEND
 
 HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
 MAX_HISTORY = 100_000_000

@@ -6,13 +6,9 @@ import timm
 import torch
 
 from backbones import CheckpointError, ConvNeXt, load_backbone_weights
-from backbones.checkpoints.formats import (
-    UNBUILT,
-    _fcmae_to_official,
-    convert_state_dict,
-    load_exactly,
-    unwrap_state_dict,
-)
+from backbones.checkpoints.layouts import UNBUILT, convert_state_dict, unwrap_state_dict
+from backbones.checkpoints.layouts.fcmae import to_official as _fcmae_to_official
+from backbones.checkpoints.loading import load_exactly
 from tests.helpers import TINY_ARCH, randomize, to_fcmae, to_mmpretrain, to_official
 
 
@@ -168,3 +164,70 @@ def test_whole_model_loading_names_the_first_key_that_does_not_fit() -> None:
         with pytest.raises(CheckpointError) as error:
             load_exactly(model, state_dict, 'ckpt.pth', 'the config matches')
         assert str(error.value) == message
+
+
+def test_every_layout_module_recognises_and_converts() -> None:
+    """The table is the list of layouts: each module recognises its keys (and no other layout's) and converts."""
+    from backbones.checkpoints.layouts import LAYOUTS
+
+    source = source_backbone('v2')
+    examples = {'transformers': None, 'fcmae': build_checkpoint(source, 'fcmae', 'v2')['model'],
+                'mmpretrain': build_checkpoint(source, 'mmpretrain', 'v2')['state_dict'],
+                'official': build_checkpoint(source, 'official', 'v2')['model'],
+                'timm': build_checkpoint(source, 'timm', 'v2')}
+    assert list(LAYOUTS) == list(examples)
+    for name, state_dict in examples.items():
+        assert callable(LAYOUTS[name].recognise) and callable(LAYOUTS[name].to_ours)
+        if state_dict is None:
+            continue
+        recognised = [other for other, layout in LAYOUTS.items() if layout.recognise(list(state_dict))]
+        assert recognised[0] == name, (name, recognised)
+        assert convert_state_dict(state_dict).source_format == name
+
+
+@pytest.mark.parametrize('version', ['v1', 'v2'])
+def test_timm_round_trip_is_the_identity(version: str) -> None:
+    from backbones.checkpoints.layouts import timm as timm_layout
+
+    ours = source_backbone(version).state_dict()
+    back, left_out = timm_layout.to_ours(timm_layout.from_ours(ours))
+    assert left_out == [] and set(back) == {k for k in ours if not k.startswith('out_norms.')}
+    for key, value in back.items():
+        assert torch.equal(value, ours[key]), key
+    # timm's own model takes what from_ours writes (all but its classifier head).
+    from timm.models.convnext import ConvNeXt as TimmConvNeXt
+
+    model = TimmConvNeXt(depths=TINY_ARCH['depths'], dims=TINY_ARCH['dims'], use_grn=version == 'v2',
+                         ls_init_value=None if version == 'v2' else 1.0, conv_mlp=False, num_classes=0)
+    missing, unexpected = model.load_state_dict(timm_layout.from_ours(ours), strict=False)
+    assert unexpected == [] and missing and all(k.startswith('head.') for k in missing)
+
+
+@pytest.mark.parametrize('with_heads', [False, True])
+def test_transformers_round_trip_is_the_identity(tmp_path, with_heads: bool) -> None:
+    """ours -> a transformers model folder -> ours gives the same tensors (the backbone, and an UperNet's heads)."""
+    from backbones.checkpoints.layouts.transformers import from_ours
+    from backbones.checkpoints.loading import open_checkpoint
+
+    ours = randomize(ConvNeXt(arch=TINY_ARCH, version='v2')).state_dict()
+    heads = {}
+    if with_heads:
+        heads = {'decode_head.conv_seg.weight': torch.randn(5, 8, 1, 1), 'decode_head.conv_seg.bias': torch.randn(5),
+                 'decode_head.bottleneck.conv.weight': torch.randn(8, 32, 3, 3),
+                 'decode_head.bottleneck.bn.weight': torch.randn(8),
+                 **{f'decode_head.psp_modules.{i}.1.conv.weight': torch.randn(8, 256, 1, 1) for i in range(4)}}
+    from_ours(tmp_path / 'folder', ours, heads, ['a', 'b', 'c', 'd', 'e'] if with_heads else None)
+    weights = open_checkpoint(str(tmp_path / 'folder')).weights
+    assert weights.source_format == ('transformers-dense' if with_heads else 'transformers')
+    assert set(weights.backbone) == set(ours) and set(weights.other) == set(heads)
+    for key, value in {**ours, **heads}.items():
+        assert torch.equal({**weights.backbone, **weights.other}[key], value), key
+
+
+def test_a_key_cannot_choose_the_size_of_the_model(tmp_path) -> None:
+    """``stages.0.<huge>.gamma`` in an official-layout file asked for a model of that depth (gigabytes and minutes);
+    it is one line at once."""
+    state = build_checkpoint(source_backbone('v1'), 'official', 'v1')['model']
+    state['stages.0.100000000.gamma'] = torch.ones(16)
+    with pytest.raises(CheckpointError, match=r'depths \[100000001, .*beyond any ConvNeXt .* not a ConvNeXt'):
+        convert_state_dict(state)

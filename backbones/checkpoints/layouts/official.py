@@ -1,0 +1,54 @@
+"""``official``: the official ConvNeXt classification checkpoints, V1 and V2 (``{'model': state_dict}``).
+
+Recognised by ``downsample_layers.*`` (with ``stages.i.j.dwconv/norm/pwconv1/pwconv2/gamma``, V2 ``grn.gamma/beta``,
+a final ``norm.*`` and ``head.*``); in a whole model (the official COCO/ADE20K release, mmdet 2.x / mmseg 0.x) the
+output norms are ``norm{i}``. Converted by timm's ``checkpoint_filter_fn``, given a parameter-less model of the
+stored arch. Back: not written (timm's layout is the one we write).
+"""
+import re
+
+import torch
+from timm.models.convnext import ConvNeXt as TimmConvNeXt
+from timm.models.convnext import checkpoint_filter_fn
+from torch import nn
+
+from ...errors import CheckpointError
+from .base import StateDict, rename, stored_arch
+
+# Enough of the official names -> ours for the arch inference (stored_arch reads stages, blocks and widths).
+ARCH_NAMES = ((r'^downsample_layers\.0\.', 'stem.'), (r'^downsample_layers\.(\d)\.', r'stages.\1.downsample.'),
+              (r'^stages\.(\d)\.(\d+)\.', r'stages.\1.blocks.\2.'))
+
+
+def recognise(keys: list[str]) -> bool:
+    """Whether the backbone keys are in the official layout."""
+    return any(k.startswith('downsample_layers.') for k in keys)
+
+
+def _shape_model(trunk: StateDict) -> nn.Module:
+    """A parameter-less (meta) timm ConvNeXt of the arch stored in official-layout ``trunk``."""
+    arch = stored_arch({rename(key, ARCH_NAMES): value for key, value in trunk.items()})
+    if arch is None:
+        raise CheckpointError('The checkpoint does not hold all four ConvNeXt stages (blocks and downsample layers).')
+    use_grn = arch.version == 'v2'
+    with torch.device('meta'):
+        return TimmConvNeXt(num_classes=0, depths=arch.depths, dims=arch.dims, use_grn=use_grn,
+                            ls_init_value=None if use_grn else 1.0)
+
+
+def to_ours(state_dict: StateDict) -> tuple[StateDict, list[str]]:
+    """Official-layout keys in this backbone's names (timm's filter); ``norm{i}`` are output norms.
+
+    Returns:
+        The converted tensors and the classifier keys left out (``head.*``, the final ``norm.*``).
+    """
+    head, trunk, out_norms = [], {}, {}
+    for key, value in state_dict.items():
+        if key.startswith(('head.', 'norm.')):
+            head.append(key)
+        elif match := re.match(r'norm(\d)\.(.*)', key):
+            out_norms[f'out_norms.{match[1]}.{match[2]}'] = value
+        else:
+            trunk[key] = value
+    # timm's filter reads the model's shape for 2-D tensors; give it a model of the stored arch.
+    return {**checkpoint_filter_fn(trunk, _shape_model(trunk)), **out_norms}, head
