@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import NoReturn
 
+import torch.distributed as dist
 from mmengine.config import Config, DictAction
 
 from ..errors import CheckpointError, DatasetError, DatasetNotFoundError, UsageError
@@ -67,11 +68,19 @@ def in_range(low: float, high: float, what: str) -> Callable[[str], float]:
 
 
 def run_tool(main: Callable[[], None]) -> None:
-    """Run a tool's ``main``; a project error ends it with ``error: <message>`` on stderr and exit code 1."""
+    """Run a tool's ``main``; a project error ends it with ``error: <message>`` on stderr and exit code 1.
+
+    After a successful distributed run (``--launcher``), the process group is destroyed before the
+    interpreter exits: without it, gloo's worker threads outlive the interpreter and a process that has
+    finished its work can abort (SIGABRT, "terminate called without an active exception"), failing the
+    whole launch. Only on success: a rank that failed must not wait in a collective for the others.
+    """
     try:
         main()
     except PROJECT_ERRORS as error:
         raise SystemExit(f'error: {error}') from None
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def task_of(cfg: Config) -> str:
