@@ -3,15 +3,19 @@
 The builders turn a backbone's state dict (timm layout) into each released checkpoint format, as
 documented by the releases, so that loading can be checked without downloading weights.
 """
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
@@ -258,3 +262,28 @@ def make_own_label_maps(root: Path, num_train: int, num_val: int, image_size: in
     (root / 'classes.json').write_text(json.dumps(dict(classes=list(OWN_SEG_CLASSES), ignore=255)))
     shutil.rmtree(source)
     return root
+
+
+def limit_address_space(max_bytes: int) -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess``: the child may map at most ``max_bytes`` of address space, so that a
+    payload that allocates without bound ends in a MemoryError (a failed test), not in a killed test runner."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    return limit
+
+
+@contextlib.contextmanager
+def within(seconds: int) -> Iterator[None]:
+    """Fail the test if its block runs longer than ``seconds`` in this (the main) thread: a hostile input that
+    hangs is a failed test, not a hung run. SIGALRM also interrupts a blocking ``open`` (of a FIFO). The failure is
+    pytest's, a BaseException: no ``except OSError`` in the code under test (``os.walk``'s) swallows it, as it
+    would a TimeoutError. A block that waits on other threads needs a subprocess with a timeout instead."""
+    def hung(signum: int, frame: object) -> None:
+        pytest.fail(f'still running after {seconds} s: it hangs')
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -19,9 +19,8 @@ from mmengine.utils import ProgressBar
 
 from backbones.errors import DatasetError
 from backbones.runtime import cli
-from backbones.runtime.config import check_datasets, load_config, set_data_root
 from backbones.runtime.dataset_check import check_config_datasets
-from backbones.runtime.own_data import classes_from_data
+from backbones.runtime.prepare import prepare_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,13 +48,10 @@ def progress_bar() -> Callable[[int, int], None]:
 
 def main() -> None:
     args = build_parser().parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    if args.data_root:
-        set_data_root(cfg, args.data_root)
-    classes = classes_from_data(cfg)
-    check_datasets(cfg, args.splits)
-    if classes:
-        print(classes)
+    prepared = prepare_config(args, 'check_dataset')
+    cfg = prepared.cfg
+    for line in prepared.log_lines:  # the classes and where they came from
+        print(line)
     problems = []
     for _, report in check_config_datasets(cfg, tuple(args.splits), open_images=True, workers=args.workers,
                                            progress=progress_bar()):

@@ -22,17 +22,23 @@ from the checkpoint's class names (``meta.dataset_meta.classes``, which our trai
 ``LABEL_i``. transformers has no Mask R-CNN or Cascade: for a detector, add ``--backbone-only``.
 """
 import argparse
+import contextlib
 import io
+from collections.abc import Iterator
+from pathlib import Path
 
 import safetensors.torch
 import torch
 
+from backbones.checkpoints.huggingface import WEIGHT_FILES
 from backbones.checkpoints.layouts import DENSE_PARTS, model_layout
+from backbones.checkpoints.layouts.transformers import CONFIG_NAME
 from backbones.checkpoints.layouts.transformers import from_ours as write_transformers_folder
-from backbones.checkpoints.loading import open_checkpoint
+from backbones.checkpoints.loading import Checkpoint, open_checkpoint
 from backbones.checkpoints.writing import write_atomic
+from backbones.errors import UsageError
 from backbones.runtime import cli
-from backbones.runtime.own_data import dataset_meta_of
+from backbones.runtime.class_meta import checkpoint_class_meta
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,19 +51,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def class_names(checkpoint: dict) -> list[str] | None:
-    """The class names our training stores in a checkpoint (``meta.dataset_meta.classes``), if any."""
-    classes = dataset_meta_of(checkpoint).get('classes')
-    return [str(name) for name in classes] if isinstance(classes, (list, tuple)) else None
+def class_names(checkpoint: Checkpoint) -> list[str] | None:
+    """The class names our training stores in a checkpoint (``meta.dataset_meta.classes``), checked, if any.
+
+    Raises:
+        CheckpointError: Class metadata that does not fit the schema (:func:`checkpoint_class_meta`).
+    """
+    meta = checkpoint_class_meta(checkpoint.contents, checkpoint.source)
+    return None if meta is None else list(meta.classes)
+
+
+def check_output(output: str, to: str) -> None:
+    """Refuse, before anything is read, an output the conversion would not write whole or that holds what it did
+    not write.
+
+    ``--to ours`` writes a file: an existing file is replaced atomically (as ``torch.save``, mmengine and timm
+    overwrite), a directory is refused. ``--to hf`` writes a folder, created if missing: an existing one must be
+    empty or a transformers model folder (a ``config.json``) whose weights are ``model.safetensors`` alone, as this
+    tool writes them, and its ``config.json`` and ``model.safetensors`` are replaced. Nothing is ever deleted.
+
+    Raises:
+        UsageError: The output is a directory (ours), a file or a folder of other files (hf), in one line.
+    """
+    path = Path(output)
+    if to == 'ours':
+        if path.is_dir():
+            raise UsageError(f'{output}: it is a directory; give the name of the file to write, e.g. '
+                             f'{path / "converted.pth"}.')
+        return
+    if path.exists() and not path.is_dir():
+        raise UsageError(f'{output}: it is a file; --to hf writes a folder (config.json, model.safetensors). Give a '
+                         'new or empty folder.')
+    names = {entry.name for entry in path.iterdir()} if path.is_dir() else set()
+    if names and CONFIG_NAME not in names:
+        raise UsageError(f'{output}: a folder of other files, not a transformers model folder (no config.json). '
+                         'Give a new or empty folder.')
+    others = sorted(names & set(WEIGHT_FILES) - {'model.safetensors'})
+    if others:
+        raise UsageError(f'{output}: a transformers model folder with {others[0]}, which would be read instead of the '
+                         'model.safetensors written beside it. Give a new or empty folder.')
+
+
+@contextlib.contextmanager
+def writing(output: str) -> Iterator[None]:
+    """An ``OSError`` of writing ``output`` (permissions, a full disk, a file where a folder should be) as one line."""
+    try:
+        yield
+    except OSError as error:
+        raise UsageError(f'{output}: cannot write it ({error.strerror or error}).') from None
 
 
 def main() -> None:
     args = build_parser().parse_args()
+    with writing(args.output):
+        check_output(args.output, args.to)
     checkpoint = open_checkpoint(args.input)
     weights = checkpoint.weights
     if args.to == 'hf':
         heads = {} if args.backbone_only else weights.other
-        model_class = write_transformers_folder(args.output, weights.backbone, heads, class_names(checkpoint.contents))
+        with writing(args.output):
+            model_class = write_transformers_folder(args.output, weights.backbone, heads, class_names(checkpoint))
         print(f'{args.input}: {weights.source_format} format -> {args.output}/ (transformers {model_class})')
         return
 
@@ -66,11 +119,13 @@ def main() -> None:
     meta = dict(source=args.input, source_format=weights.source_format)
     converted = {key: value.contiguous() for key, value in converted.items()}
     if args.output.endswith('.safetensors'):
-        write_atomic(args.output, safetensors.torch.save(converted, metadata=meta))
+        data = safetensors.torch.save(converted, metadata=meta)
     else:
         buffer = io.BytesIO()
         torch.save({'state_dict': converted, 'meta': meta}, buffer)
-        write_atomic(args.output, buffer.getvalue())
+        data = buffer.getvalue()
+    with writing(args.output):
+        write_atomic(args.output, data)
 
     print(f'{args.input}: {weights.source_format} format -> {args.output} ({len(converted)} tensors)')
     for reason, names in weights.leftovers.items():

@@ -266,4 +266,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    cli.run_tool(main)

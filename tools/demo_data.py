@@ -3,7 +3,8 @@
     python tools/demo_data.py [--out data/demo] [--num-train 480] [--num-val 100] [--size 128] [--seed 0]
 
 The defaults are the data of ``make demo``. Generation is deterministic for a seed, and skipped when OUT
-already holds the same data.
+already holds the same data. OUT must be new, empty or generated into before (its settings.json): the user's
+files are never deleted or overwritten.
 """
 import argparse
 import os.path as osp
@@ -29,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    cli.run_tool(main)

@@ -26,8 +26,8 @@ import argparse
 from pathlib import Path
 
 from backbones.runtime import cli
-from backbones.runtime.config import load_config
 from backbones.runtime.onnx_backend import export_model
+from backbones.runtime.prepare import prepare_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    cfg = load_config(args.config, args.cfg_options)
+    prepared = prepare_config(args, 'export')
     out = Path(args.out)
-    report = export_model(cfg, args.checkpoint, str(out / f'{args.part}.onnx'), args.part, args.precision,
-                          args.labels, tuple(args.shape) if args.shape else None)
+    report = export_model(prepared.cfg, prepared.checkpoint, str(out / f'{args.part}.onnx'), args.part,
+                          args.precision, args.labels, tuple(args.shape) if args.shape else None)
     info = report.info
     print(f'{args.checkpoint} -> {report.path}: {info.family}, {info.precision}, traced at '
           f'{info.sample_shape[0]}x{info.sample_shape[1]}, inputs {", ".join(info.inputs)}, outputs '

@@ -55,17 +55,18 @@ from mmengine.structures import BaseDataElement
 from mmengine.utils import ProgressBar
 from mmseg.apis import MMSegInferencer
 
-from backbones.checkpoints.loading import Checkpoint, load_model_weights, open_checkpoint
-from backbones.deploy.onnx_file import ExportedFile, read_exported
+from backbones.boundary import resolve_inside, walk_files
+from backbones.checkpoints.loading import Checkpoint, load_model_weights
+from backbones.deploy.onnx_file import ExportedFile
 from backbones.errors import UsageError
 from backbones.patches import quiet_ffmpeg_logs
 from backbones.runtime import cli
-from backbones.runtime.config import enable_tta, load_config
 from backbones.runtime.device import resolve_device, unwrap_model
 from backbones.runtime.inference import prepare_inference
-from backbones.runtime.onnx_backend import add_backend, apply_onnx_classes, check_backend_options, use_onnx_model
-from backbones.runtime.own_data import apply_checkpoint_classes, class_heads
+from backbones.runtime.onnx_backend import add_backend, check_backend_options
+from backbones.runtime.own_data import class_heads
 from backbones.runtime.precision import resolve_precision
+from backbones.runtime.prepare import prepare_config
 
 INFERENCERS = {'detection': DetInferencer, 'segmentation': MMSegInferencer}
 
@@ -140,8 +141,8 @@ def video_frames(path: Path) -> int:
 
 
 def expand_input(spec: str) -> tuple[Path, list[Path], str]:
-    """What one INPUT names: the folder its files are named relative to, the files (a folder's images,
-    recursively) and, for when there are none, why."""
+    """What one INPUT names: the folder its files are named relative to, the files (regular files only; a
+    folder's images recursively, by :func:`backbones.boundary.walk_files`) and, for when there are none, why."""
     if glob.has_magic(spec):
         parts = Path(spec).parts
         root = Path(*parts[:next(i for i, part in enumerate(parts) if glob.has_magic(part))])
@@ -149,11 +150,14 @@ def expand_input(spec: str) -> tuple[Path, list[Path], str]:
     elif os.path.isdir(spec):
         root, matches, problem = Path(spec), [Path(spec)], 'no images in this folder'
     else:
-        root, matches, problem = Path(spec).parent, [Path(spec)] if os.path.exists(spec) else [], 'no such file'
+        root, matches = Path(spec).parent, [Path(spec)] if os.path.exists(spec) else []
+        problem = 'not a regular file (a FIFO, socket or device)' if matches else 'no such file'
     files = []
     for match in matches:
-        files += sorted(path for path in match.rglob('*') if path.suffix.lower() in IMG_EXTENSIONS
-                        and path.is_file()) if match.is_dir() else [match]
+        if match.is_dir():
+            files += sorted(match / name for name in walk_files(match, IMG_EXTENSIONS))
+        elif match.is_file():  # not a FIFO, socket or device: opening one could block
+            files.append(match)
     return root, files, problem
 
 
@@ -274,8 +278,28 @@ def detection_results(name: str, sample: BaseDataElement, classes: Sequence[str]
     return results
 
 
+def output_file(out: Path, folder: str, stem: str) -> Path:
+    """``out/<folder>/<stem>.png`` resolved, which must lie inside ``out/<folder>``: an input's name below its
+    folder or pattern can hold ``..`` (a pattern with ``..`` after a wildcard), and no output goes above --out.
+
+    Raises:
+        UsageError: The output would resolve outside ``out/<folder>``, naming the input.
+    """
+    def refuse(reason: str) -> UsageError:
+        return UsageError(f"{stem}: its output {folder}/{stem}.png would be written outside --out {out}. Name the "
+                          "inputs by a folder or a pattern with no '..' after its wildcards.")
+    return resolve_inside(out / folder / f'{stem}.png', out / folder, f'--out {folder}/', refuse)
+
+
 def run(inferencer: BaseInferencer, files: list[InputFile], out: Path, batch_size: int, score_thr: float) -> int:
-    """Predict every image of ``files`` and write its outputs to ``out``; return how many images were processed."""
+    """Predict every image of ``files`` and write its outputs to ``out``; return how many images were processed.
+
+    Raises:
+        UsageError: An output would lie outside ``out`` (:func:`output_file`), before anything is written.
+    """
+    for file in files:  # a video's frames (<stem>_<index>.png) go beside <stem>.png
+        for folder in ('vis', 'labels'):
+            output_file(out, folder, file.stem)
     detection = isinstance(inferencer, DetInferencer)
     classes, category_ids = (inferencer.visualizer.dataset_meta[key] for key in ('classes', 'category_ids'))
     draw_options = dict(pred_score_thr=score_thr) if detection else {}
@@ -284,13 +308,13 @@ def run(inferencer: BaseInferencer, files: list[InputFile], out: Path, batch_siz
     for batch in batches(read_images(files, progress), batch_size):
         for image, sample in zip(batch, predict(inferencer, [image.pixels for image in batch])):
             inferencer.visualizer.add_datasample(image.name, mmcv.bgr2rgb(image.pixels), sample, draw_gt=False,
-                                                 out_file=str(out / 'vis' / f'{image.stem}.png'), **draw_options)
+                                                 out_file=str(output_file(out, 'vis', image.stem)), **draw_options)
             if detection:
                 results += detection_results(image.name, sample, classes, score_thr, category_ids)
             else:
                 labels = sample.pred_sem_seg.data[0].cpu().numpy()
                 mmcv.imwrite(labels.astype(np.uint8 if len(classes) < 256 else np.uint16),
-                             str(out / 'labels' / f'{image.stem}.png'))
+                             str(output_file(out, 'labels', image.stem)))
         processed += len(batch)
         progress.update(len(batch))
     progress.file.write('\n')
@@ -301,18 +325,11 @@ def run(inferencer: BaseInferencer, files: list[InputFile], out: Path, batch_siz
 
 def main() -> None:
     args = build_parser().parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    if cli.task_of(cfg) not in INFERENCERS:
-        raise UsageError(f'{args.config} is not a detection or segmentation config: infer.py runs those.')
     check_backend_options(args)
-    onnx = args.backend == 'onnxruntime'
-    # The file is read once, here: its classes now, its weights once the inferencer is built.
-    checkpoint = read_exported(args.checkpoint) if onnx else open_checkpoint(args.checkpoint)
-    trained_on = apply_onnx_classes(cfg, checkpoint) if onnx else apply_checkpoint_classes(cfg, checkpoint)
-    if trained_on:
-        MMLogger.get_current_instance().info(trained_on)
-    if args.tta:
-        enable_tta(cfg)
+    prepared = prepare_config(args, 'infer')
+    cfg, onnx = prepared.cfg, args.backend == 'onnxruntime'
+    for line in prepared.log_lines:
+        MMLogger.get_current_instance().info(line)
     cfg.test_dataloader.dataset.pipeline = without_annotation_loading(cfg.test_dataloader.dataset.pipeline)
     cfg.visualizer.vis_backends = []  # each drawing goes to its own out_file; a backend would want a save_dir
 
@@ -323,12 +340,10 @@ def main() -> None:
     for problem in unmatched:
         warn(f'skipping {problem}')
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    if onnx:
-        use_onnx_model(cfg, checkpoint)
-    inferencer = build_inferencer(cfg, checkpoint, 'cpu' if onnx else str(device), onnx)
+    inferencer = build_inferencer(cfg, prepared.checkpoint, 'cpu' if onnx else str(device), onnx)
     if not onnx:
-        prepare_inference(inferencer.model, precision, args.channels_last, args.compile)
+        prepare_inference(inferencer.model, resolve_precision(args.precision, device), args.channels_last,
+                          args.compile)
     if not run(inferencer, files, Path(args.out), args.batch_size, args.score_thr):
         raise UsageError('no input could be read as an image')
 

@@ -22,22 +22,16 @@ config it was exported from): the same pipeline, metrics and output files, the n
 the CPU in the precision it was exported in (docs/deploy.md).
 """
 import argparse
-import os.path as osp
 
-from mmengine.config import Config
 from mmengine.registry import RUNNERS
 
-from backbones.checkpoints.loading import load_model_weights, open_checkpoint
-from backbones.datasets.checks import forget_json
-from backbones.deploy.onnx_file import read_exported
-from backbones.errors import UsageError
+from backbones.checkpoints.loading import load_model_weights
 from backbones.runtime import cli
-from backbones.runtime.config import check_datasets, check_work_dir, enable_tta, load_config, set_data_root
-from backbones.runtime.device import adapt_to_cpu, default_device, unwrap_model
+from backbones.runtime.device import default_device, unwrap_model
 from backbones.runtime.inference import prepare_inference
-from backbones.runtime.onnx_backend import add_backend, apply_onnx_classes, check_backend_options, use_onnx_model
-from backbones.runtime.own_data import apply_checkpoint_classes, classes_from_data
+from backbones.runtime.onnx_backend import add_backend, check_backend_options
 from backbones.runtime.precision import resolve_precision
+from backbones.runtime.prepare import prepare_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,56 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def enable_outputs(cfg: Config, out: str | None, show_dir: str | None) -> None:
-    """Raw-result dumping and visualisation, in the way each framework names them."""
-    is_det = cli.task_of(cfg) == 'detection'
-    if out and is_det:
-        if not out.endswith(('.pkl', '.pickle')):
-            raise UsageError(f'--out for detection must be a .pkl file, got {out}.')
-        cfg.test_evaluator = [*(cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]),
-                              dict(type='DumpDetResults', out_file_path=out)]
-    elif out:
-        cfg.test_evaluator.update(output_dir=out, keep_results=True)
-    if show_dir:
-        hook = cfg.default_hooks.visualization
-        hook.draw = True
-        if is_det:
-            hook.test_out_dir = osp.abspath(show_dir)
-        else:
-            hook.interval = 1
-            cfg.visualizer.save_dir = show_dir
-
-
 def main() -> None:
     args = build_parser().parse_args()
-    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    cfg.load_from = None  # loaded below, strictly and in any supported format
-    enable_outputs(cfg, args.out, args.show_dir)
-    if args.tta:
-        enable_tta(cfg)
-    if args.data_root:
-        set_data_root(cfg, args.data_root)
     check_backend_options(args)
-    precision = resolve_precision(args.precision, default_device())
-    onnx = args.backend == 'onnxruntime'
-    # The file is read once, here: its classes now, its weights once the model is built.
-    checkpoint = read_exported(args.checkpoint) if onnx else open_checkpoint(args.checkpoint)
-    trained_on = apply_onnx_classes(cfg, checkpoint) if onnx else apply_checkpoint_classes(cfg, checkpoint)
-    log_lines = [trained_on, classes_from_data(cfg, 'test', f'the checkpoint {args.checkpoint}' if trained_on
-                                               else 'the config')]
-    forget_json()  # the annotation files parsed for the classes: mmdet reads them itself
-    check_datasets(cfg, ['test'])
-    check_work_dir(cfg.work_dir)
-    adapt_to_cpu(cfg)
-    if onnx:
-        use_onnx_model(cfg, checkpoint)
-
-    runner = RUNNERS.build(cfg)
-    for line in filter(None, log_lines):
+    run = prepare_config(args, 'test')
+    runner = RUNNERS.build(run.cfg)
+    for line in run.log_lines:
         runner.logger.info(line)
-    if not onnx:
-        load_model_weights(unwrap_model(runner.model), checkpoint, runner.logger)
-        prepare_inference(runner.model, precision, args.channels_last, args.compile)
+    if args.backend == 'pytorch':  # an exported model is verified and run by the model its config names
+        load_model_weights(unwrap_model(runner.model), run.checkpoint, runner.logger)
+        prepare_inference(runner.model, resolve_precision(args.precision, default_device()), args.channels_last,
+                          args.compile)
     runner.test()
 
 

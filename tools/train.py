@@ -24,18 +24,7 @@ import argparse
 from mmengine.registry import RUNNERS
 
 from backbones.runtime import cli
-from backbones.runtime.config import (
-    check_datasets,
-    check_hook_options,
-    check_work_dir,
-    load_config,
-    set_data_root,
-    skip_pretrained_init,
-)
-from backbones.runtime.dataset_check import check_before_training, skip_unreadable_images
-from backbones.runtime.device import adapt_to_cpu, default_device
-from backbones.runtime.own_data import classes_from_data
-from backbones.runtime.precision import resolve_precision, set_training_precision
+from backbones.runtime.prepare import prepare_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,25 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    precision = args.precision or ('auto' if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper' else 'fp32')
-    set_training_precision(cfg, resolve_precision(precision, default_device()))
-    if args.load_from:
-        cfg.load_from = args.load_from
-    if args.resume:  # the runner finds what to resume from in the work dir (ConvNeXtDenseRunner)
-        cfg.resume, cfg.load_from = True, None if args.resume == 'auto' else args.resume
-    skipped_init = skip_pretrained_init(cfg)
-    if args.data_root:
-        set_data_root(cfg, args.data_root)
-    log_lines = [skipped_init, classes_from_data(cfg)]
-    check_datasets(cfg, ['train', 'val'])
-    check_hook_options(cfg)
-    check_work_dir(cfg.work_dir)
-    log_lines += check_before_training(cfg, args.skip_bad)
-    skip_unreadable_images(cfg)
-    adapt_to_cpu(cfg)
-    runner = RUNNERS.build(cfg)
-    for line in filter(None, log_lines):
+    run = prepare_config(args, 'train')
+    runner = RUNNERS.build(run.cfg)
+    for line in run.log_lines:
         runner.logger.info(line)
     runner.train()
 

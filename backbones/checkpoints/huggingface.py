@@ -10,20 +10,23 @@ load_local_checkpoint`, so wherever a checkpoint is accepted):
 * ``hf://ORG/NAME[@REVISION]``: resolved by ``huggingface_hub.snapshot_download``, so its cache,
   ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and tokens apply; nothing is downloaded by code of ours.
 
-``config.json`` is read as JSON (capped in size); its ``model_type`` (``convnext``, ``convnextv2`` or
-``upernet`` with a ConvNeXt backbone) and arch must agree with the weights. Shard names in an index are
-plain file names inside the folder, nothing else. The state dict comes back with transformers' names;
+``config.json`` and an index are read as JSON through :func:`backbones.boundary.read_regular_file` (regular
+files only, at most :data:`MAX_JSON_BYTES` counted while reading); its ``model_type`` (``convnext``,
+``convnextv2`` or ``upernet`` with a ConvNeXt backbone) and arch must agree with the weights. Shard names in an
+index are plain file names inside the folder, nothing else. Every file read (config, index, weights) must
+resolve, links followed, inside the model folder (for a snapshot of huggingface_hub's cache, inside its
+repository's folder, whose ``blobs/`` its links point to). The state dict comes back with transformers' names;
 :mod:`.layouts.transformers` maps them.
 
 Written by :func:`.layouts.transformers.from_ours` (``tools/convert_checkpoint.py --to hf``).
 """
-import json
 import os
 import re
 from pathlib import Path
 
 import torch
 
+from ..boundary import parse_json, read_regular_file, resolve_inside
 from ..errors import CheckpointError
 from .layouts.base import Arch, rename, stored_arch
 from .layouts.transformers import CONFIG_NAME, TO_TIMM, backbone_key
@@ -52,25 +55,42 @@ def is_transformers_source(path: str) -> bool:
 
 def _has_our_model_type(weights_path: str) -> bool:
     try:
-        return _read_json(os.path.join(os.path.dirname(weights_path), CONFIG_NAME)).get('model_type') in MODEL_TYPES
+        folder = os.path.dirname(weights_path) or '.'
+        return _read_json(_member(folder, CONFIG_NAME)).get('model_type') in MODEL_TYPES
     except CheckpointError:
         return False
 
 
+def _member(folder: str, name: str) -> str:
+    """``folder/name``, checked to lie, links resolved, inside the model folder: ``folder`` itself, or for a
+    snapshot of huggingface_hub's cache (``<repo>/snapshots/<revision>``, its files links to ``<repo>/blobs``)
+    the repository's folder.
+
+    Raises:
+        CheckpointError: It resolves outside, or through a symlink loop.
+    """
+    path, root = os.path.join(folder, name), Path(folder).resolve()
+    if root.parent.name == 'snapshots' and (root.parent.parent / 'blobs').is_dir():
+        root = root.parent.parent
+
+    def refuse(reason: str) -> CheckpointError:
+        return CheckpointError(f'Cannot load {path}: {reason}. The files of a transformers model folder lie in it.')
+    resolve_inside(path, root, 'the model folder', refuse)
+    return path
+
+
 def _read_json(path: str) -> dict:
+    def refuse(reason: str) -> CheckpointError:
+        return CheckpointError(f'Cannot load {path}: {reason}.')
     try:
-        size = os.path.getsize(path)
-        if size > MAX_JSON_BYTES:
-            raise CheckpointError(f'Cannot load {path}: {size} bytes, more than the {MAX_JSON_BYTES >> 20} MiB a '
-                                  'transformers JSON file may have.')
-        with open(path, encoding='utf-8') as file:
-            value = json.loads(file.read())
+        content = read_regular_file(path, MAX_JSON_BYTES, 'a transformers JSON file', refuse=refuse)
     except FileNotFoundError:
         raise CheckpointError(f'Cannot load {path}: no such file. A transformers model folder holds config.json '
                               'and model.safetensors (as save_pretrained writes them).') from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        reason = getattr(error, 'strerror', None) or str(error).splitlines()[0][:100]
-        raise CheckpointError(f'Cannot load {path}: not readable JSON ({reason}).') from None
+    try:
+        value = parse_json(content)
+    except ValueError as error:
+        raise CheckpointError(f'Cannot load {path}: not readable JSON ({error}).') from None
     if not isinstance(value, dict):
         raise CheckpointError(f'Cannot load {path}: expected a JSON object, got {type(value).__name__}.')
     return value
@@ -116,9 +136,9 @@ def _weight_files(folder: str, chosen: str | None) -> list[str]:
                               'pytorch_model.bin beside its config.json.')
     name = names[0]
     if not name.endswith('.index.json'):
-        return [os.path.join(folder, name)]
+        return [_member(folder, name)]
     index_path = os.path.join(folder, name)
-    weight_map = _read_json(index_path).get('weight_map')
+    weight_map = _read_json(_member(folder, name)).get('weight_map')
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"Cannot load {index_path}: it has no 'weight_map' of tensor names to shard files.")
     shards = sorted({str(shard) for shard in weight_map.values()})
@@ -126,7 +146,7 @@ def _weight_files(folder: str, chosen: str | None) -> list[str]:
         if not SHARD_NAME.fullmatch(shard) or not os.path.isfile(os.path.join(folder, shard)):
             raise CheckpointError(f"Cannot load {index_path}: shard '{shard[:100]}' is not a .safetensors/.bin file "
                                   'of this folder. Shards must be plain file names beside the index.')
-    return [os.path.join(folder, shard) for shard in shards]
+    return [_member(folder, shard) for shard in shards]
 
 
 def _plain_state_dict(checkpoint: object, path: str) -> dict[str, torch.Tensor]:
@@ -169,7 +189,7 @@ def read_transformers_checkpoint(path: str) -> dict:
         path = hub_snapshot(path)
     folder, chosen = (path, None) if os.path.isdir(path) else (os.path.dirname(path) or '.', path)
     config_path = os.path.join(folder, CONFIG_NAME)
-    config = _read_json(config_path)
+    config = _read_json(_member(folder, CONFIG_NAME))
     if config.get('model_type') not in MODEL_TYPES:
         raise CheckpointError(f"Cannot load {source}: config.json has model_type '{config.get('model_type')}'; "
                               f'supported: {", ".join(MODEL_TYPES)} (UperNet with a ConvNeXt backbone).')

@@ -53,6 +53,8 @@ BYTEARRAY8, NEXT_BUFFER, READONLY_BUFFER = b'\x96', b'\x97', b'\x98'
 
 MAX_KEY_INT = 2**61 - 1  # CPython hashes a smaller int to itself (-1 and -2 alike): no collisions to exploit
 NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*')
+END_OF_LINE = re.compile(b'\n')
+MAX_LINE_BYTES = 1 << 20  # a text opcode's argument (protocol 0's INT, STRING, GLOBAL...) up to its newline
 UNSET = object()
 
 
@@ -247,10 +249,11 @@ class DataUnpickler:
         return struct.unpack(fmt, self._read(struct.calcsize(fmt)))[0]
 
     def _line(self) -> str:
-        end = bytes(self.data[self.pos:self.pos + (1 << 20)]).find(b'\n')
-        if end < 0:
+        # Searched in place (``re`` reads the buffer without a copy), so a line costs the bytes it spans.
+        end = END_OF_LINE.search(self.data, self.pos, min(self.pos + MAX_LINE_BYTES, len(self.data)))
+        if end is None:
             raise PickleDataError(f'a text argument without an end of line in 1 MiB at byte {self.pos}')
-        text = bytes(self._read(end + 1)[:-1])
+        text = bytes(self._read(end.start() - self.pos + 1)[:-1])
         try:
             return text.decode('ascii')
         except UnicodeDecodeError:

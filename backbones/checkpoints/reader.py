@@ -24,7 +24,6 @@ pickle limits. Any file that is not usable gives one :class:`CheckpointError` li
 import io
 import math
 import os
-import stat
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 import safetensors
 import torch
 
+from ..boundary import open_regular_file
 from ..errors import CheckpointError, CheckpointNotFoundError
 from .pickle_data import DataUnpickler, Global, PickleDataError, PickleLimits, numpy_calls, ordered_dict
 
@@ -267,22 +267,34 @@ def _read_safetensors(path: str) -> dict:
 
 
 def map_tensors(value: Any, device: str | torch.device) -> Any:
-    """``value`` with every tensor moved to ``device``; containers shared in ``value`` stay shared."""
-    done: dict[int, Any] = {}
+    """``value`` with every tensor moved to ``device``; tensors and containers shared in ``value`` are moved
+    (and rebuilt) once and stay shared.
+
+    Raises:
+        CheckpointError: Containers nested deeper than Python's recursion limit (the reader's files nest at
+            most ``PickleLimits.max_depth``).
+    """
+    # Not torch's pytree: its tree_map rebuilds a shared container (and moves a shared tensor) once per place that
+    # refers to it, which a small file can make up to the reader's max_tree_size places; this memo does each once.
+    done: dict[int, Any] = {}  # all of value is alive, so an id is one object's
 
     def move(item: Any) -> Any:
-        if isinstance(item, torch.Tensor):
-            return item.to(device)
-        if type(item) not in (list, tuple, dict):
+        if not isinstance(item, torch.Tensor) and type(item) not in (list, tuple, dict):
             return item
         if id(item) not in done:
-            if type(item) is dict:
+            if isinstance(item, torch.Tensor):
+                done[id(item)] = item.to(device)
+            elif type(item) is dict:
                 done[id(item)] = {key: move(child) for key, child in item.items()}
             else:
                 done[id(item)] = type(item)(move(child) for child in item)
         return done[id(item)]
 
-    return move(value)
+    try:
+        return move(value)
+    except RecursionError:
+        raise CheckpointError(f'Cannot move the checkpoint to {device}: its containers nest deeper than Python\'s '
+                              'recursion limit.') from None
 
 
 def read_checkpoint_file(path: str, map_location: str | torch.device | None = None,
@@ -305,19 +317,14 @@ def read_checkpoint_file(path: str, map_location: str | torch.device | None = No
             truncated, damaged, over a limit, or holding what a checkpoint may not), in one line naming it.
     """
     path = os.path.expanduser(str(path))
+
+    def refuse(reason: str) -> CheckpointError:
+        return CheckpointError(f'Cannot load {path}: {reason}.')
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # never blocks, on a FIFO either
+        fd, status = open_regular_file(path, 'a checkpoint file', refuse)  # never blocks, on a FIFO either
     except FileNotFoundError:
         raise CheckpointNotFoundError(f'Checkpoint not found: {path}. See checkpoints/README.md for the official '
                                       'weights and where to put them.') from None
-    except OSError as error:
-        raise CheckpointError(f'Cannot load {path}: {error.strerror}.') from None
-    status = os.fstat(fd)
-    if not stat.S_ISREG(status.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(status.st_mode):
-            raise CheckpointError(f'Cannot load {path}: it is a directory, not a checkpoint file.')
-        raise CheckpointError(f'Cannot load {path}: it is not a regular file (a device, FIFO or socket).')
     with os.fdopen(fd, 'rb') as file:
         if status.st_size > limits.max_file_bytes:
             raise CheckpointError(f'Cannot load {path}: it has {status.st_size} bytes, more than the limit '

@@ -16,7 +16,6 @@ reads that one global: a process that sets it True has asked Pillow to read trun
 rows padded), and its checks report only the files that Pillow still cannot read.
 """
 import functools
-import json
 import math
 import os
 import os.path as osp
@@ -28,6 +27,14 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from ..boundary import (
+    DEFAULT_JSON_CAP_MB,
+    JSON_CAP_VARIABLE,
+    cap_from_environment,
+    parse_json,
+    read_regular_file,
+    walk_files,
+)
 from ..errors import DatasetError, DatasetNotFoundError
 
 MISSING_IMAGE = 'images missing on disk'
@@ -109,41 +116,48 @@ class DatasetReport:
 def read_json(path: str, max_bytes: int | None = None) -> dict[str, Any]:
     """Read a JSON file that must hold an object, with one-line errors.
 
-    The last two files read stay cached (by path, size and modification time), so that the class lookup,
-    the check and the layout search before training parse a large annotation file once;
-    :func:`forget_json` empties the cache. Callers must not change what it returns.
+    The file is read through :func:`backbones.boundary.read_regular_file`: a regular file only (a FIFO or a
+    device is refused, never waited on), its bytes counted against the cap while read. The last two files read
+    stay cached (by path, size and modification time), so that the class lookup, the check and the layout
+    search before training parse a large annotation file once; :func:`forget_json` empties the cache. Callers
+    must not change what it returns.
 
     Args:
         path: The JSON file.
-        max_bytes: Refuse larger files (None: any size).
+        max_bytes: The cap; None: ``CONVNEXT_DENSE_MAX_JSON_MB`` MiB (default 2048, above COCO's and LVIS's
+            largest annotation files).
 
     Returns:
         The file's top-level object.
 
     Raises:
         DatasetNotFoundError: The file does not exist.
-        DatasetError: The file is larger than ``max_bytes``, not UTF-8 JSON, or its top level is not an object.
+        DatasetError: The file is not a regular file, is larger than the cap, not UTF-8 JSON (or nested deeper or
+            holding a longer number than Python parses), or its top level is not an object.
+        UsageError: ``CONVNEXT_DENSE_MAX_JSON_MB`` is not a positive number.
     """
-    if not osp.isfile(path):
+    cap, setting = (max_bytes, None) if max_bytes is not None else (
+        cap_from_environment(JSON_CAP_VARIABLE, DEFAULT_JSON_CAP_MB), JSON_CAP_VARIABLE)
+    try:
+        status = os.stat(path)
+        return _read_json(path, osp.realpath(path), status.st_size, status.st_mtime_ns, cap, setting)
+    except FileNotFoundError:
         raise DatasetNotFoundError(f'{path} does not exist: point the config (or --data-root) at the '
-                                   'annotation file.')
-    status = os.stat(path)
-    if max_bytes is not None and status.st_size > max_bytes:
-        raise DatasetError(f'{path} is larger than {max_bytes} bytes: not the small JSON file expected here.')
-    return _read_json(osp.realpath(path), status.st_size, status.st_mtime_ns)
+                                   'annotation file.') from None
+    except OSError as error:  # a file where a folder of the path should be, a link loop, no permission
+        raise DatasetError(f'{path}: {error.strerror or error}.') from None
 
 
 @functools.lru_cache(maxsize=2)
-def _read_json(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+def _read_json(path: str, real_path: str, size: int, mtime_ns: int, max_bytes: int,
+               setting: str | None) -> dict[str, Any]:
+    def refuse(reason: str) -> DatasetError:
+        return DatasetError(f'{path}: {reason}.')
+    content = read_regular_file(real_path, max_bytes, 'a JSON file', setting, refuse)
     try:
-        with open(path, encoding='utf-8') as file:
-            data = json.load(file)
-    except json.JSONDecodeError as error:
-        raise DatasetError(f'{path} is not valid JSON: {error.msg} at line {error.lineno}, column '
-                           f'{error.colno}; fix the file there or export it again.') from None
-    except UnicodeDecodeError as error:
-        raise DatasetError(f'{path} is not UTF-8 text ({error.reason} at byte {error.start}); export it '
-                           'again as JSON.') from None
+        data = parse_json(content)
+    except ValueError as error:
+        raise DatasetError(f'{path} is not valid JSON: {error}; fix the file there or export it again.') from None
     if not isinstance(data, dict):
         raise DatasetError(f'{path} holds a JSON {type(data).__name__}, not an object; a COCO file is an '
                            "object with 'images', 'annotations' and 'categories'.")
@@ -232,8 +246,10 @@ def check_label_maps(image_dir: str, label_dir: str, split: str, img_suffix: str
                      sample: int | None = None, workers: int = 8, progress: Progress | None = None) -> DatasetReport:
     """Check a folder of images against its folder of label maps, paired as mmseg pairs them.
 
-    Every file under ``image_dir`` (recursively) whose name ends with ``img_suffix`` is an image; its label
-    map is the same relative path under ``label_dir`` with ``seg_map_suffix`` in place of ``img_suffix``.
+    Every regular file under ``image_dir`` (recursively, linked folders followed once:
+    :func:`~backbones.boundary.walk_files`) whose name ends with ``img_suffix`` (in its case, as mmseg matches it)
+    is an image; its label map is the same relative path under ``label_dir`` with ``seg_map_suffix`` in place
+    of ``img_suffix``.
     Valid label values are ``0..num_classes-1`` and ``ignore_index``, or with ``reduce_zero_label``,
     ``0..num_classes`` and ``ignore_index`` (0 becomes the ignore value).
 
@@ -264,7 +280,7 @@ def check_label_maps(image_dir: str, label_dir: str, split: str, img_suffix: str
         if not osp.isdir(folder):
             raise DatasetNotFoundError(f'{folder} is not a folder: point the config (or --data-root) at the '
                                        "dataset's image and label folders.")
-    stems = [path[:-len(img_suffix)] for path in _files_under(image_dir) if path.endswith(img_suffix)]
+    stems = [path[:-len(img_suffix)] for path in walk_files(image_dir) if path.endswith(img_suffix)]
     if not stems:
         raise DatasetError(f"{image_dir} holds no images ending with '{img_suffix}': set the config's "
                            'img_suffix to the images\' suffix, or point the image folder at them.')
@@ -446,16 +462,6 @@ def _in_threads(func: Callable[..., T], calls: Sequence[tuple], workers: int, pr
             if progress is not None:
                 progress(done, len(calls))
     return [result for part in results for result in part]
-
-
-def _files_under(folder: str) -> list[str]:
-    """Every file under ``folder``, recursively, as sorted relative paths with ``/`` separators."""
-    paths = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        relative = osp.relpath(root, folder)
-        paths.extend(name if relative == '.' else f'{relative}/{name}'.replace(os.sep, '/') for name in files)
-    return sorted(paths)
 
 
 def _non_empty(found: dict[str, list[str]]) -> dict[str, list[str]]:

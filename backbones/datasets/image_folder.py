@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
 from mmengine.dataset import BaseDataset
-from mmengine.fileio import list_dir_or_file
 from mmengine.logging import print_log
 from mmengine.registry import DATASETS, Registry
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from torchvision.transforms import InterpolationMode, v2
 
+from ..boundary import walk_files
 from ..errors import DatasetNotFoundError
 
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='convnext_dense')
@@ -32,7 +32,8 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tif
 
 @DATASETS.register_module()
 class ImageFolderDataset(BaseDataset):
-    """Every image under ``data_root/data_prefix['img_path']``, recursively, in sorted order.
+    """Every image under ``data_root/data_prefix['img_path']``, recursively, in sorted order: the files whose
+    names end with one of :data:`IMAGE_SUFFIXES` in any case, found by :func:`~backbones.boundary.walk_files`.
 
     Items are the ``pipeline`` applied to ``dict(img=HxWx3 BGR uint8, img_path=..., img_shape=...,
     ori_shape=...)``.
@@ -58,8 +59,7 @@ class ImageFolderDataset(BaseDataset):
         folder = osp.normpath(self.data_prefix['img_path'] or self.data_root)
         if not osp.isdir(folder):
             raise DatasetNotFoundError(f'Image folder not found: {folder}. Point --data-root at a folder of images.')
-        files = sorted(list_dir_or_file(folder, list_dir=False, suffix=IMAGE_SUFFIXES + tuple(
-            s.upper() for s in IMAGE_SUFFIXES), recursive=True))
+        files = walk_files(folder, IMAGE_SUFFIXES)
         if not files:
             raise DatasetNotFoundError(f'No images in {folder} (looked for {", ".join(IMAGE_SUFFIXES)} in it and its '
                                        'subfolders). Point --data-root at a folder of images.')

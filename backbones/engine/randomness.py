@@ -19,7 +19,8 @@ of the checkpoint on, so its loss curve departs from the uninterrupted run's.
 
 What a checkpoint holds is checked before it is used (:func:`parse_random_state`): every generator's
 state must have its exact types, sizes and positions in range (numpy would read past its key with a
-position out of range), or resuming stops with one line.
+position out of range), finite cached normals, and torch's and CUDA's states must be taken by a new
+generator of their device, or resuming stops with one line.
 
 A checkpoint without the entry (another tool's, or a multi-process run's) resumes as mmengine does,
 with a warning. So does augmentation in persistent dataloader workers of an epoch-based loop: their
@@ -28,6 +29,7 @@ iteration-based loop's replay advances them as the original run did; non-persist
 reseeded alike every epoch).
 """
 import logging
+import math
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -77,9 +79,18 @@ def _is_int(value: Any, low: int, high: int) -> bool:
     return type(value) is int and low <= value < high
 
 
-def parse_random_state(stored: Any) -> RandomState | None:
-    """The random state a checkpoint stored (:meth:`RandomStateHook.before_save_checkpoint`), checked; None
-    when it stored none.
+def _accepted(state: torch.Tensor, device: str) -> bool:
+    """Whether a generator of ``device`` takes ``state`` (tried on a new generator: the run's are untouched)."""
+    try:
+        torch.Generator(device=device).set_state(state)
+    except RuntimeError:  # e.g. "Invalid mt19937 state": a position out of range
+        return False
+    return True
+
+
+def parse_random_state(stored: Any, path: str | None = None) -> RandomState | None:
+    """The random state a checkpoint (read from ``path``, when known) stored
+    (:meth:`RandomStateHook.before_save_checkpoint`), checked; None when it stored none.
 
     Raises:
         CheckpointError: A state of other types, sizes or positions than :func:`get_random_state` makes.
@@ -95,27 +106,28 @@ def parse_random_state(stored: Any) -> RandomState | None:
         if not (isinstance(python, (tuple, list)) and len(python) == 3 and python[0] == 3
                 and isinstance(python[1], (tuple, list)) and len(python[1]) == MT_WORDS + 1
                 and all(_is_int(word, 0, 2**32) for word in python[1][:-1]) and _is_int(python[1][-1], 0, MT_WORDS + 1)
-                and (python[2] is None or type(python[2]) is float)):
+                and (python[2] is None or type(python[2]) is float and math.isfinite(python[2]))):
             problem = "python's state is not a Mersenne Twister's"
         elif not (isinstance(numpy_state, dict) and set(numpy_state) == {'key', 'pos', 'has_gauss', 'gauss'}
                   and isinstance(numpy_state['key'], torch.Tensor) and numpy_state['key'].dtype == torch.int64
                   and tuple(numpy_state['key'].shape) == (MT_WORDS,)
                   and bool(((numpy_state['key'] >= 0) & (numpy_state['key'] < 2**32)).all())
                   and _is_int(numpy_state['pos'], 0, MT_WORDS + 1) and numpy_state['has_gauss'] in (0, 1)
-                  and type(numpy_state['gauss']) is float):
+                  and type(numpy_state['gauss']) is float and math.isfinite(numpy_state['gauss'])):
             problem = "numpy's state is not an MT19937 key of 624 words and a position in [0, 624]"
         elif not (isinstance(torch_state, torch.Tensor) and torch_state.dtype == torch.uint8
-                  and torch_state.shape == torch.get_rng_state().shape):
-            problem = "torch's state is not a generator state of its size"
+                  and torch_state.shape == torch.get_rng_state().shape and _accepted(torch_state, 'cpu')):
+            problem = "torch's state is not a generator state of its size that its generator accepts"
         elif not (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.ndim == 1
                                                  for t in cuda)):
             problem = 'the CUDA states are not generator states'
         elif cuda and torch.cuda.is_available() and (len(cuda) != torch.cuda.device_count() or any(
-                t.shape != current.shape for t, current in zip(cuda, torch.cuda.get_rng_state_all()))):
+                t.shape != current.shape or not _accepted(t, f'cuda:{index}')
+                for index, (t, current) in enumerate(zip(cuda, torch.cuda.get_rng_state_all())))):
             problem = 'the CUDA states are not those of this machine\'s devices'
     if problem:
-        raise CheckpointError(f'Cannot resume: the checkpoint\'s random_state is broken ({problem}). Resume from '
-                              'another checkpoint.')
+        source = f'Cannot resume from {path}: its' if path else 'Cannot resume: the checkpoint\'s'
+        raise CheckpointError(f'{source} random_state is broken ({problem}). Resume from another checkpoint.')
     return state
 
 

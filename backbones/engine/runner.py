@@ -22,6 +22,7 @@ link to ``/dev/zero``). The two classes here, named in every config of the proje
   owner, :class:`backbones.engine.randomness.RandomStateHook`.
 """
 import glob
+import math
 import os
 import os.path as osp
 import re
@@ -34,43 +35,61 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS, RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import IterBasedTrainLoop, Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
+from torch.utils._pytree import keystr, tree_map_with_path
 
 from ..checkpoints.loading import load_model_weights
 from ..checkpoints.pickle_data import Record
 from ..checkpoints.reader import read_checkpoint_file
 from ..checkpoints.writing import ATOMIC_BACKEND
 from ..errors import CheckpointError
+from .randomness import RandomStateHook, parse_random_state
 
 HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
 MAX_HISTORY = 100_000_000
 NUMBERED_CHECKPOINT = re.compile(r'(epoch|iter)_(\d+)\.pth')
 
 
+def _not_plain_container(value: Any) -> bool:
+    """Where a walk of plain data stops: at anything but a ``dict``, ``list`` or ``tuple`` of exactly that type
+    (pytree would rebuild an ``OrderedDict`` as one, and its containers are ours to check)."""
+    return type(value) not in (dict, list, tuple)
+
+
 def plain_data(value: Any, where: str = 'checkpoint') -> Any:
     """``value`` with what a checkpoint of ours may not hold made plain: numpy arrays become tensors, numpy
-    scalars numbers, ordered dicts dicts, ``HistoryBuffer`` objects ``{'log_history', 'count_history',
-    'max_length'}``.
+    scalars numbers, ordered dicts (and other dict, list and tuple subclasses) their base type, ``HistoryBuffer``
+    objects ``{'log_history', 'count_history', 'max_length'}``.
 
     Raises:
-        TypeError: An object of another type, naming where it is.
+        TypeError: An object of another type, naming where it is (``where`` and its key path), or containers
+            nested deeper than Python's recursion limit.
     """
-    if isinstance(value, np.generic):  # before float: numpy.float64 is a float
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str, bytes, torch.Tensor)):
-        return value
-    if isinstance(value, np.ndarray) and value.dtype.kind in 'biufc':
-        return torch.from_numpy(value.copy())
-    if isinstance(value, HistoryBuffer):
-        logs, counts = value.data
-        return {'log_history': torch.from_numpy(np.asarray(logs, np.float64).copy()),
-                'count_history': torch.from_numpy(np.asarray(counts, np.int64).copy()), 'max_length': value.max_length}
-    if isinstance(value, dict):
-        return {key: plain_data(item, f'{where}[{key!r}]') for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain_data(item, f'{where}[{index}]') for index, item in enumerate(value))
-    raise TypeError(f'{where} is a {type(value).__name__}, which a checkpoint of plain data cannot hold')
+    def plain(path: tuple, item: Any) -> Any:
+        if isinstance(item, np.generic):  # before float: numpy.float64 is a float
+            return item.item()
+        if item is None or isinstance(item, (bool, int, float, str, bytes, torch.Tensor)):
+            return item
+        if isinstance(item, np.ndarray) and item.dtype.kind in 'biufc':
+            return torch.from_numpy(item.copy())
+        if isinstance(item, HistoryBuffer):
+            logs, counts = item.data
+            return {'log_history': torch.from_numpy(np.asarray(logs, np.float64).copy()),
+                    'count_history': torch.from_numpy(np.asarray(counts, np.int64).copy()),
+                    'max_length': item.max_length}
+        if isinstance(item, dict):
+            return plain_data(dict(item), where + keystr(path))
+        if isinstance(item, (list, tuple)):
+            return type(item)(plain_data(list(item), where + keystr(path)))
+        raise TypeError(f'{where}{keystr(path)} is a {type(item).__name__}, which a checkpoint of plain data cannot '
+                        'hold')
+
+    try:
+        return tree_map_with_path(plain, value, is_leaf=_not_plain_container)
+    except RecursionError:
+        raise TypeError(f'{where} nests containers deeper than Python\'s recursion limit, which a checkpoint of '
+                        'plain data cannot hold') from None
 
 
 @HOOKS.register_module()
@@ -102,12 +121,20 @@ def _fail(path: str, problem: str) -> CheckpointError:
 def check_plain(value: Any, where: str, path: str) -> None:
     """Refuse ``value`` unless it is plain data and tensors (no record of an object, no numpy array).
 
+    Each container is looked at once, however many places share it, and at any depth.
+
     Raises:
-        CheckpointError: Naming the first place that holds something else.
+        CheckpointError: Naming the first place found that holds something else.
     """
-    pending = [(value, where)]
+    # Not torch's pytree: it walks a shared container once per place (a small file can share one under up to the
+    # reader's max_tree_size places, and pytree keeps every leaf's key path: minutes and gigabytes), and recurses.
+    pending, seen = [(value, where)], set()
     while pending:
         item, place = pending.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in seen:  # all of value is alive, so an id is one object's
+                continue
+            seen.add(id(item))
         if isinstance(item, dict):
             pending.extend((child, f'{place}[{key!r}]') for key, child in item.items())
         elif isinstance(item, (list, tuple)):
@@ -303,8 +330,21 @@ class ConvNeXtDenseRunner(Runner):
                                   'pass its path.')
         checkpoint = read_checkpoint_file(filename, 'cpu')
         state = parse_resume_state(checkpoint, filename, self.work_dir)
-        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
+        _check_schedule_position(state, self.train_loop, filename)
+        _check_weights(state['state_dict'], model, filename)
+        if any(isinstance(hook, RandomStateHook) for hook in self.hooks):
+            parse_random_state(checkpoint.get('random_state'), filename)  # its owner's check, before anything is loaded
+        resume_optimizer = resume_optimizer and state['optimizer'] is not None
+        if resume_optimizer:
+            self.optim_wrapper = self.build_optim_wrapper(self.optim_wrapper)
+            state['optimizer'] = checked_optimizer_state(state['optimizer'], self.optim_wrapper, filename)
+        scheduler_states = []
+        if resume_param_scheduler and state['param_schedulers'] is not None and self.param_schedulers is not None:
+            self.param_schedulers = self.build_param_scheduler(self.param_schedulers)
+            scheduler_states = self._scheduler_states(state['param_schedulers'], filename)
+
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         _load_checkpoint_to_model(model, {'state_dict': state['state_dict']}, strict=False)
 
         self.train_loop._epoch, self.train_loop._iter = state['epoch'], state['iter']
@@ -323,17 +363,20 @@ class ConvNeXtDenseRunner(Runner):
             self.message_hub.update_info(key, value)
         self.message_hub._resumed_keys.update(hub['resumed_keys'])
 
-        if state['optimizer'] is not None and resume_optimizer:
-            self.optim_wrapper = self.build_optim_wrapper(self.optim_wrapper)
-            _check_optimizer_state(state['optimizer'], self.optim_wrapper, filename)
+        if resume_optimizer:
             self.optim_wrapper.load_state_dict(state['optimizer'])
-        if resume_param_scheduler and state['param_schedulers'] is not None and self.param_schedulers is not None:
-            self.param_schedulers = self.build_param_scheduler(self.param_schedulers)
-            self._load_scheduler_states(state['param_schedulers'], filename)
+        for scheduler, scheduler_state in scheduler_states:
+            scheduler.load_state_dict(scheduler_state)
         self._has_loaded = True
         self.logger.info(f'resumed epoch: {self.epoch}, iter: {self.iter}')
 
-    def _load_scheduler_states(self, stored: Any, path: str) -> None:
+    def _scheduler_states(self, stored: Any, path: str) -> list[tuple[Any, dict]]:
+        """Each of the run's parameter schedulers with the state ``stored`` holds for it, checked (see
+        :func:`scheduler_state_problem`) and with the scheduler's own container types (a Counter of milestones).
+
+        Raises:
+            CheckpointError: Other schedulers than the config's, or a state one of them cannot take.
+        """
         schedulers = self.param_schedulers
         if isinstance(schedulers, dict):
             if not (isinstance(stored, dict) and set(stored) == set(schedulers)):
@@ -346,49 +389,215 @@ class ConvNeXtDenseRunner(Runner):
             count = len(schedulers)
         if len(pairs) != count:
             raise _fail(path, 'its parameter schedulers are not those of the config')
+        checked = []
         for scheduler, state in pairs:
-            # A scheduler loads by updating its attributes: only its own, with values of their types.
+            # A scheduler loads by updating its attributes: only its own, with values of their kinds.
             own = scheduler.state_dict()
-            if not (isinstance(state, dict) and set(state) == set(own)
-                    and all(_kind(state[key]) == _kind(own[key]) for key in own)):
-                raise _fail(path, f'the state of its {type(scheduler).__name__} is not that of the config\'s')
-            # Stored as plain data; give each attribute the scheduler's own container type (a Counter of milestones).
-            scheduler.load_state_dict({
+            if problem := scheduler_state_problem(state, own):
+                raise _fail(path, f'the state of its {type(scheduler).__name__} {problem}')
+            checked.append((scheduler, {
                 key: type(own[key])(value)
                 if isinstance(own[key], (dict, list, tuple)) and type(value) is not type(own[key]) else value
-                for key, value in state.items()})
+                for key, value in state.items()}))
+        return checked
 
 
-def _kind(value: Any) -> str:
-    """The type of a scheduler attribute, ints and floats alike."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return 'number'
-    if isinstance(value, dict):
-        return 'dict'  # a Counter or OrderedDict is stored as a plain dict
-    if isinstance(value, (list, tuple)):
-        return 'sequence'
-    return type(value).__name__
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool), ints within int64's range."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -2**63 <= value < 2**63
+    return isinstance(value, float) and math.isfinite(value)
 
 
-def _check_optimizer_state(stored: Any, optim_wrapper: Any, path: str) -> None:
-    """Refuse optimizer states whose tensors do not have their parameters' shapes (or are not scalars)."""
-    wrappers = optim_wrapper.optim_wrappers if hasattr(optim_wrapper, 'optim_wrappers') else {'': optim_wrapper}
-    states = stored if hasattr(optim_wrapper, 'optim_wrappers') else {'': stored}
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, str)) or _is_number(value)
+
+
+def misfit(stored: Any, own: Any, where: str) -> str | None:
+    """What keeps ``stored`` (a value read from a checkpoint) from replacing ``own`` (the value the run's
+    optimizer, scheduler or loss scaler has), or None: a finite number for a number, a bool for a bool, a
+    string for a string, a plain scalar for None, a tensor of ``own``'s shape and dtype without NaN or
+    infinity, a list or tuple of ``own``'s length whose items fit, a dict whose values fit ``own``'s of the
+    same key (a plain scalar for a key ``own`` lacks)."""
+    if isinstance(own, torch.Tensor):
+        if not (isinstance(stored, torch.Tensor) and stored.shape == own.shape and stored.dtype == own.dtype):
+            return f'{where} is not a {own.dtype} tensor of shape {tuple(own.shape)}'
+        if stored.is_floating_point() and not bool(torch.isfinite(stored).all()):
+            return f'{where} holds NaN or infinity'
+        return None
+    if isinstance(own, (list, tuple)):
+        if not (isinstance(stored, (list, tuple)) and len(stored) == len(own)):
+            return f'{where} is not a sequence of {len(own)}'
+        return next((problem for index, (item, own_item) in enumerate(zip(stored, own))
+                     if (problem := misfit(item, own_item, f'{where}[{index}]'))), None)
+    if isinstance(own, dict):
+        if not (isinstance(stored, dict) and all(isinstance(key, (str, int)) for key in stored)):
+            return f'{where} is not a dict'
+        return next((problem for key, item in stored.items() if (problem := (
+            misfit(item, own[key], f'{where}[{str(key)[:50]!r}]') if key in own
+            else None if _is_scalar(item) else f'{where}[{str(key)[:50]!r}] is not a plain value'))), None)
+    if isinstance(own, bool) or own is None or isinstance(own, str):
+        fits = isinstance(stored, bool) if isinstance(own, bool) else isinstance(stored, str) if isinstance(
+            own, str) else _is_scalar(stored)
+        return None if fits else f'{where} is not {"a plain value" if own is None else "a " + type(own).__name__}'
+    if isinstance(own, (int, float)):  # a finite number, or the run's own infinity (an initial best value)
+        fits = _is_number(stored) or type(stored) is float and stored == own
+        return None if fits else f'{where} is not a finite number'
+    return f'{where} cannot be restored from plain data'
+
+
+def scheduler_state_problem(state: Any, own: dict) -> str | None:
+    """What keeps a parameter scheduler whose state is ``own`` from taking ``state``, or None: the same
+    attributes, each fitting its own (:func:`misfit`), and a schedule of positive length where the scheduler has
+    one: ``begin < end``, ``total_iters`` as far from ``end - begin`` as the run's is, ``T_max > 0``."""
+    if not (isinstance(state, dict) and set(state) == set(own)):
+        return 'does not have the attributes of the config\'s'
+    if problem := next((problem for key in own if (problem := misfit(state[key], own[key], repr(key)))), None):
+        return problem
+    if 'begin' in own and 'end' in own and (not state['begin'] < state['end'] or 'total_iters' in own and (
+            state['total_iters'] - state['end'] + state['begin'] != own['total_iters'] - own['end'] + own['begin'])
+            or 'T_max' in own and not state['T_max'] > 0):
+        return 'is a schedule of no length, or its length does not agree with its begin and end'
+    return None
+
+
+def _check_schedule_position(state: dict, loop: Any, path: str) -> None:
+    """Refuse an ``epoch``/``iter`` beyond the config's schedule (an iteration-based loop would replay the
+    dataloader that many times)."""
+    is_iter_based = isinstance(loop, IterBasedTrainLoop)
+    max_epochs = loop.max_iters if is_iter_based else loop.max_epochs  # an iteration loop counts no epochs
+    if state['iter'] > loop.max_iters or state['epoch'] > max_epochs:
+        raise _fail(path, f"its epoch {state['epoch']} and iter {state['iter']} are beyond the config's schedule "
+                          f'({loop.max_epochs} epochs, {loop.max_iters} iterations)'
+                    if not is_iter_based else
+                    f"its iter {state['iter']} is beyond the config's schedule of {loop.max_iters} iterations")
+
+
+def _check_weights(state_dict: dict, model: torch.nn.Module, path: str) -> None:
+    """Refuse weights whose names (after the ``module.`` prefix mmengine's loader removes) or shapes are not the
+    model's (an empty state dict included)."""
+    own = model.state_dict()
+    state_dict = {key.removeprefix('module.'): value for key, value in state_dict.items()}
+    missing = [key for key in own if key not in state_dict]
+    extra = [key for key in state_dict if key not in own]
+    if missing:
+        raise _fail(path, f'its state_dict lacks {len(missing)} of the model\'s {len(own)} weights, e.g. '
+                          f'{missing[0]!r}')
+    if extra:
+        raise _fail(path, f'its state_dict has {len(extra)} weights the model does not have, e.g. {extra[0][:100]!r}')
+    for key, value in own.items():
+        if state_dict[key].shape != value.shape:
+            raise _fail(path, f'its weight {key!r} has shape {tuple(state_dict[key].shape)}, the model\'s '
+                              f'{tuple(value.shape)}')
+
+
+def _is_step(value: Any) -> bool:
+    """An optimizer's step count: a non-negative number, or a tensor holding one."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim or value.dtype == torch.bool or value.is_complex():
+            return False
+        value = value.item()
+    return _is_number(value) and value >= 0
+
+
+def _group_problem(group: Any, own: dict, where: str) -> str | None:
+    """What keeps a parameter group (or mmengine's ``base_param_settings``) read from a checkpoint from
+    replacing ``own``, the run's, or None: each of ``own``'s settings fits (:func:`misfit`; a flag the optimizer
+    defaults may be absent), and the settings ``own`` lacks are plain values. ``params`` is checked by the caller."""
+    if not (isinstance(group, dict) and all(isinstance(key, str) for key in group)):
+        return f'{where} is not a dict of settings'
+    for key, own_value in own.items():
+        if key == 'params':
+            continue
+        if key in group:
+            if problem := misfit(group[key], own_value, f'{where} {key!r}'):
+                return problem
+        elif _is_number(own_value) or isinstance(own_value, (list, tuple)):
+            return f'{where} has no {key!r}'
+    return next((f'{where} {key[:50]!r} is not a plain value' for key in group.keys() - own.keys()
+                 if key != 'params' and not _is_scalar(group[key]) and not (
+                     isinstance(group[key], (list, tuple)) and all(_is_scalar(item) for item in group[key]))), None)
+
+
+def _checked_wrapper_state(state: Any, wrapper: Any, path: str) -> dict:
+    """The state of one optimizer wrapper, checked against the run's ``wrapper`` (see
+    :func:`checked_optimizer_state`)."""
+    own = wrapper.state_dict()
+    if not (isinstance(state, dict) and isinstance(state.get('state'), dict)
+            and isinstance(state.get('param_groups'), list)):
+        raise _fail(path, 'its optimizer state has no state and param_groups')
+    unknown = [key for key in state if key not in own and key != 'loss_scaler']
+    if unknown:
+        raise _fail(path, f'its optimizer state has an entry {str(unknown[0])[:50]!r} the config\'s optimizer has not')
+    groups, own_groups = state['param_groups'], own['param_groups']
+    if len(groups) != len(own_groups):
+        raise _fail(path, f'its optimizer has {len(groups)} parameter groups, the config\'s {len(own_groups)}')
+    for index, (group, own_group) in enumerate(zip(groups, own_groups)):
+        params = group.get('params') if isinstance(group, dict) else None
+        if not (isinstance(params, list) and len(params) == len(own_group['params'])
+                and all(type(item) is int for item in params) and params == own_group['params']):
+            raise _fail(path, f'its optimizer parameter group {index} does not hold the {len(own_group["params"])} '
+                              'parameters of the config\'s')
+        if problem := _group_problem(group, own_group, f'parameter group {index}'):
+            raise _fail(path, f'its optimizer {problem}')
+    if 'base_param_settings' in state:
+        settings = state['base_param_settings']
+        problem = _group_problem(settings, own['base_param_settings'], 'base_param_settings') or misfit(
+            settings.get('params'), own['base_param_settings']['params'], "base_param_settings 'params'")
+        if problem:
+            raise _fail(path, f'its optimizer {problem}')
+    params = [param for group in wrapper.optimizer.param_groups for param in group['params']]
+    for index, entry in state['state'].items():
+        if type(index) is not int or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise _fail(path, f'its optimizer state has an entry {str(index)[:50]!r} for no parameter')
+        param = params[index]
+        for key, value in entry.items():
+            where = f'its optimizer state {str(key)[:50]!r} of parameter {index}'
+            if key == 'step':
+                if not _is_step(value):
+                    raise _fail(path, f'{where} is not a non-negative number')
+            elif isinstance(value, torch.Tensor):
+                if value.shape != param.shape or value.dtype != param.dtype:
+                    raise _fail(path, f'{where} has shape {tuple(value.shape)} and dtype {value.dtype}, the parameter '
+                                      f'{tuple(param.shape)} and {param.dtype}')
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise _fail(path, f'{where} holds NaN or infinity')
+            elif not (isinstance(key, str) and _is_scalar(value)):
+                raise _fail(path, f'{where} is not a tensor or a number')
+    own_scaler, scaler = own.get('loss_scaler'), state.get('loss_scaler')
+    if own_scaler and scaler == {}:  # saved where the scaler was disabled (no CUDA): it starts from its initial scale
+        return {key: value for key, value in state.items() if key != 'loss_scaler'}
+    if own_scaler and scaler is not None:
+        problem = misfit(scaler, own_scaler, 'loss scaler')
+        if problem or set(scaler) != set(own_scaler) or not all(
+                value > 0 or key == '_growth_tracker' and value == 0 for key, value in scaler.items()):
+            raise _fail(path, f'its {problem or "loss scaler is not a positive scale, factors and interval"}')
+    return state
+
+
+def checked_optimizer_state(stored: Any, optim_wrapper: Any, path: str) -> Any:
+    """``stored``, an optimizer wrapper's state read from a checkpoint, checked against the run's
+    ``optim_wrapper`` (an ``OptimWrapper``, ``AmpOptimWrapper`` or ``OptimWrapperDict``) before any of it is
+    loaded: the same parameter groups, each holding the config's parameters (numbered as torch numbers them) with
+    settings that fit the config's (:func:`misfit`: finite learning rates and momenta, as many betas); per
+    parameter, moment tensors of its shape and dtype without NaN or infinity and a non-negative step; a
+    loss-scaler state of positive finite numbers (an empty one, saved where the scaler was disabled, is left out).
+
+    Returns:
+        The state for ``optim_wrapper.load_state_dict``.
+
+    Raises:
+        CheckpointError: The first entry that does not fit, in one line.
+    """
+    is_dict = hasattr(optim_wrapper, 'optim_wrappers')
+    wrappers = optim_wrapper.optim_wrappers if is_dict else {'': optim_wrapper}
+    states = stored if is_dict else {'': stored}
     if not isinstance(states, dict) or set(states) != set(wrappers):
         raise _fail(path, 'its optimizer state is not that of the config\'s optimizer')
-    for name, wrapper in wrappers.items():
-        state = states[name]
-        params = [param for group in wrapper.optimizer.param_groups for param in group['params']]
-        per_param = state.get('state') if isinstance(state, dict) else None
-        if not isinstance(per_param, dict) or not isinstance(state.get('param_groups'), list):
-            raise _fail(path, 'its optimizer state has no state and param_groups')
-        for index, entry in per_param.items():
-            if type(index) is not int or not 0 <= index < len(params) or not isinstance(entry, dict):
-                raise _fail(path, f'its optimizer state has an entry {index!r} for no parameter')
-            for key, value in entry.items():
-                if isinstance(value, torch.Tensor) and value.ndim and value.shape != params[index].shape:
-                    raise _fail(path, f'its optimizer state {key!r} of parameter {index} has shape '
-                                      f'{tuple(value.shape)}, the parameter {tuple(params[index].shape)}')
+    checked = {name: _checked_wrapper_state(states[name], wrapper, path) for name, wrapper in wrappers.items()}
+    return checked if is_dict else checked['']
 
 
 def same_data(stored: Any, current: Any) -> bool:
@@ -397,6 +606,9 @@ def same_data(stored: Any, current: Any) -> bool:
         current = plain_data(current)
     except TypeError:
         return False
+    # Not torch's pytree: here a list equals a tuple of equal items and dict keys match in any order, where
+    # pytree's structures would differ; and the walk goes only where ``current`` goes (no further into a file's
+    # shared containers).
     pending = [(stored, current)]
     while pending:
         left, right = pending.pop()

@@ -1,7 +1,8 @@
 """Config preparation for the tools: read a config, point it at a dataset, check the dataset, TTA.
 
 * :func:`load_config`: read a config, apply ``--cfg-options`` (to the test keys too where the config
-  copies them from the val keys) and set the launcher and work dir.
+  copies them from the val keys) and set the launcher and work dir; :func:`config_scope`: its
+  ``default_scope``, one of :data:`SCOPES` (nothing else is ever imported as a scope).
 * :func:`set_data_root`: point every dataloader and evaluator at another dataset folder.
 * :func:`check_datasets`: a one-line error naming the missing file and the docs section.
 * :func:`check_hook_options`, :func:`check_work_dir`: one line before training for a misspelt hook
@@ -25,6 +26,8 @@ from ..errors import DatasetNotFoundError, UsageError
 SPLITS = ('train', 'val', 'test')
 DATASET_DOCS = {'CocoDataset': 'docs/datasets.md#coco', 'ADE20KDataset': 'docs/datasets.md#ade20k',
                 'ImageFolderDataset': 'docs/pretraining.md'}
+# The packages whose registries the project's configs run in (the FCMAE configs name none: mmengine's).
+SCOPES = ('mmdet', 'mmseg', 'mmengine')
 
 
 def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'none',
@@ -46,7 +49,8 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
     that ``--resume`` reads checkpoints through its schema, whatever config a user writes.
 
     Raises:
-        UsageError: The config file does not exist or cannot be read (see :func:`read_config`).
+        UsageError: The config file does not exist or cannot be read (see :func:`read_config`), or its
+            ``default_scope`` is not one of :data:`SCOPES` (see :func:`config_scope`).
     """
     if not osp.isfile(path):
         raise UsageError(f'Config not found: {path}. Give the path of a config file, '
@@ -61,9 +65,26 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
         cfg.merge_from_dict({**cfg_options, **{f'test_{key[4:]}': value for key, value in cfg_options.items()
                                                if key.startswith('val_') and key[4:].split('.')[0] in linked
                                                and '.' in key}})
+    config_scope(cfg)
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join('work_dirs', osp.splitext(osp.basename(path))[0])
     return cfg
+
+
+def config_scope(cfg: Config) -> str:
+    """The package whose registries ``cfg`` runs in: its ``default_scope``, or ``mmengine`` for none.
+
+    Checked before anything imports ``<scope>.registry``, so that ``--cfg-options default_scope=<module>``
+    cannot make the tools import any module.
+
+    Raises:
+        UsageError: A ``default_scope`` that is not one of :data:`SCOPES`.
+    """
+    scope = cfg.get('default_scope') or 'mmengine'
+    if scope not in SCOPES:
+        raise UsageError(f'default_scope={str(scope)[:100]!r}: the configs run in {", ".join(SCOPES)} only. Fix the '
+                         'config or --cfg-options.')
+    return scope
 
 
 def own_syntax_error(path: str) -> tuple[str, int | None, str] | None:
@@ -178,9 +199,10 @@ def check_hook_options(cfg: Config) -> None:
     option would otherwise fail at the first save).
 
     Raises:
-        UsageError: An unknown hook type or option, naming the hook and the options it takes.
+        UsageError: An unknown hook type or option, naming the hook and the options it takes, or a
+            ``default_scope`` that is not one of :data:`SCOPES`.
     """
-    scope = cfg.get('default_scope') or 'mmengine'
+    scope = config_scope(cfg)
     registry = importlib.import_module(f'{scope}.registry').HOOKS
     if scope != 'mmengine':
         importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)

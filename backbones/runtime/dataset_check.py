@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from mmengine.config import Config, ConfigDict
 
+from ..boundary import walk_files
 from ..datasets.checks import DatasetReport, Progress, check_coco, check_label_maps, forget_json, read_json
 from ..errors import DatasetError
 from .config import split_datasets
@@ -79,8 +80,8 @@ def _leave_out(dataset: ConfigDict, report: DatasetReport, folder: str) -> str:
     else:
         image_dir = osp.join(dataset.get('data_root', ''), dataset.data_prefix.img_path)
         suffix = dataset.get('img_suffix', '.jpg')
-        stems = sorted(osp.relpath(osp.join(top, name), image_dir)[:-len(suffix)]
-                       for top, _, names in os.walk(image_dir) for name in names if name.endswith(suffix))
+        # The images mmseg lists (and the check saw): names ending with img_suffix as written, linked folders in.
+        stems = sorted(path[:-len(suffix)] for path in walk_files(image_dir) if path.endswith(suffix))
         path = osp.join(folder, f'{report.split}.txt')
         with open(path, 'w', encoding='utf-8') as file:
             file.writelines(f'{stem}\n' for stem in stems if stem not in report.bad_images)

@@ -14,9 +14,14 @@ where occlusion splits an object or cuts a hole in it. The same scenes are writt
 The ADE20K maps follow ADE20K's convention (0 = unlabelled, loaded with reduce_zero_label): 1 is
 background, 2-5 the four classes, so the segmentor learns and is scored on background too.
 Generation is deterministic for a seed, and skipped when OUT already holds the same data.
+
+OUT/settings.json is the generator's mark, written before anything else: OUT is generated into only when it
+is missing, empty, or holds that mark and nothing but the files its settings make (which are then replaced);
+anything else in it (the user's files) is never deleted or overwritten.
 """
 import functools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -25,10 +30,17 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from mmengine.config import Config
 
+from ..boundary import parse_json, read_regular_file
+from ..errors import UsageError
+
 DEMO_COMMON_CONFIG = Path(__file__).resolve().parents[2] / 'configs' / 'demo' / '_base_' / 'demo_common.py'
 # Mean BGR colour of each class; instances jitter around it.
 CLASS_COLOURS = np.array([(40, 40, 220), (40, 190, 40), (220, 90, 30), (30, 210, 230)], dtype=np.float32)
 MIN_VISIBLE_FRACTION = 0.35
+SPLITS = (('train', 'training'), ('val', 'validation'))  # COCO's and ADE20K's name of each split
+STAMP = 'settings.json'
+MAX_STAMP_BYTES = 4096
+MAX_IMAGES = 100_000  # per split: what tools/demo_data.py accepts
 
 
 @functools.cache
@@ -108,30 +120,46 @@ def mask_annotation(mask: np.ndarray) -> list | dict:
     return dict(size=rle['size'], counts=rle['counts'].decode('ascii'))
 
 
+def scene_files(coco_split: str, ade_split: str, index: int) -> tuple[str, str, str]:
+    """Where scene ``index`` of a split goes, relative to OUT: its COCO image, its ADE20K image and label map."""
+    name = f'{coco_split}_{index:05d}'
+    return (f'coco/{coco_split}/{name}.jpg', f'ade/images/{ade_split}/{name}.jpg',
+            f'ade/annotations/{ade_split}/{name}.png')
+
+
+def demo_files(num_train: int, num_val: int) -> set[str]:
+    """Every file :func:`ensure_demo_data` writes for these counts, relative to OUT, its stamp included."""
+    files = {STAMP, 'ade/classes.json'}
+    for (coco_split, ade_split), count in zip(SPLITS, (num_train, num_val)):
+        files.add(f'coco/annotations/instances_{coco_split}.json')
+        for index in range(count):
+            files.update(scene_files(coco_split, ade_split, index))
+    return files
+
+
 def generate(out: Path, num_train: int, num_val: int, image_size: int, seed: int) -> None:
     """Write both datasets under ``out`` (see the module docstring)."""
     rng = np.random.default_rng(seed)
     common = demo_common()
-    for coco_split, ade_split, count in (('train', 'training', num_train), ('val', 'validation', num_val)):
+    for (coco_split, ade_split), count in zip(SPLITS, (num_train, num_val)):
         for folder in (out / 'coco' / coco_split, out / 'coco' / 'annotations', out / 'ade' / 'images' / ade_split,
                        out / 'ade' / 'annotations' / ade_split):
             folder.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for index in range(count):
             image, instances = make_scene(rng, image_size)
-            name = f'{coco_split}_{index:05d}'
-            image_path = out / 'coco' / coco_split / f'{name}.jpg'
+            image_path, ade_image_path, label_path = (out / file for file in scene_files(coco_split, ade_split, index))
             cv2.imwrite(str(image_path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            shutil.copyfile(image_path, out / 'ade' / 'images' / ade_split / image_path.name)
+            shutil.copyfile(image_path, ade_image_path)
             semantic = np.ones((image_size, image_size), np.uint8)  # 1 = background
-            images.append(dict(id=index + 1, file_name=f'{name}.jpg', width=image_size, height=image_size))
+            images.append(dict(id=index + 1, file_name=image_path.name, width=image_size, height=image_size))
             for label, mask in instances:
                 semantic[mask > 0] = label + 2
                 x, y, w, h = cv2.boundingRect(mask)
                 annotations.append(dict(id=len(annotations) + 1, image_id=index + 1, category_id=label + 1,
                                         bbox=[x, y, w, h], area=int(mask.sum()), iscrowd=0,
                                         segmentation=mask_annotation(mask)))
-            cv2.imwrite(str(out / 'ade' / 'annotations' / ade_split / f'{name}.png'), semantic)
+            cv2.imwrite(str(label_path), semantic)
         coco = dict(images=images, annotations=annotations,
                     categories=[dict(id=i + 1, name=name) for i, name in enumerate(common.demo_classes)])
         (out / 'coco' / 'annotations' / f'instances_{coco_split}.json').write_text(json.dumps(coco))
@@ -140,15 +168,61 @@ def generate(out: Path, num_train: int, num_val: int, image_size: int, seed: int
     (out / 'ade' / 'classes.json').write_text(json.dumps(classes))
 
 
+def _stamp(out: Path) -> dict | None:
+    """The settings of the stamp in ``out`` (with ``generating`` while it is written), None without one."""
+    try:
+        content = read_regular_file(out / STAMP, MAX_STAMP_BYTES, 'a demo data stamp')
+    except FileNotFoundError:
+        return None
+    try:
+        stamp = parse_json(content)
+    except ValueError as error:
+        raise UsageError(f'{out / STAMP}: not the demo data\'s stamp ({error}). Give another --out.') from None
+    counts = [stamp.get(key) for key in ('num_train', 'num_val')] if isinstance(stamp, dict) else [None]
+    if not all(type(count) is int and 0 <= count <= MAX_IMAGES for count in counts):
+        raise UsageError(f'{out / STAMP}: not the demo data\'s stamp. Give another --out.')
+    return stamp
+
+
+def _entries(out: Path) -> tuple[set[str], set[str]]:
+    """The files (and links, FIFOs...) and the folders below ``out``, relative to it, links not followed."""
+    files, folders = set(), set()
+    for top, dirs, names in os.walk(out):
+        relative = Path(top).relative_to(out)
+        for name in dirs:
+            (files if os.path.islink(os.path.join(top, name)) else folders).add((relative / name).as_posix())
+        files.update((relative / name).as_posix() for name in names)
+    return files, folders
+
+
 def ensure_demo_data(out: str | Path, num_train: int, num_val: int, image_size: int, seed: int) -> bool:
-    """Generate the data unless ``out`` already holds data made with these settings; return whether it did."""
+    """Generate the data unless ``out`` already holds data made with these settings; return whether it did.
+
+    ``out`` must be missing, empty, or a folder this function generated into: one with its stamp and nothing but
+    the files of the stamp's settings, which are removed first. Nothing else is ever deleted or overwritten.
+
+    Raises:
+        UsageError: ``out`` is not a folder, or holds what the generator did not make there (or a stamp that is
+            not its own), naming the first such entry.
+    """
     out = Path(out)
-    stamp = out / 'settings.json'
     settings = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, version=2)
-    if stamp.exists() and json.loads(stamp.read_text()) == settings:
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f'{out}: not a folder. Give --out a new or empty folder for the demo data.')
+    stamp = _stamp(out) if out.is_dir() else None
+    if stamp == settings:
         return False
-    if out.exists():
-        shutil.rmtree(out)
+    files, folders = _entries(out) if out.is_dir() else (set(), set())
+    ours = demo_files(stamp['num_train'], stamp['num_val']) if stamp else set()
+    foreign = sorted(files - ours) + sorted(folders - {str(parent) for file in ours
+                                                       for parent in Path(file).parents if str(parent) != '.'})
+    if foreign:
+        raise UsageError(f'{out}: holds {foreign[0]} ({len(foreign)} entries in all) that the demo data generator '
+                         'did not make, and it deletes nothing else. Give --out a new or empty folder.')
+    for file in files - {STAMP}:  # the old stamp stays until they are gone
+        (out / file).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STAMP).write_text(json.dumps(dict(settings, generating=True)))  # the mark, before anything else
     generate(out, num_train, num_val, image_size, seed)
-    stamp.write_text(json.dumps(settings))
+    (out / STAMP).write_text(json.dumps(settings))
     return True

@@ -15,7 +15,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import DATASETS, MODELS, init_default_scope
 
-from ..checkpoints.loading import load_model_weights, open_checkpoint
+from ..checkpoints.loading import Checkpoint, load_model_weights, open_checkpoint
 from ..deploy.export import ExportInfo, build_graph, check_fp32_norms, export_graph, family_of, sample_inputs
 from ..deploy.onnx_file import ExportedFile
 from ..errors import UsageError
@@ -120,9 +120,11 @@ def _class_meta(cfg: Config) -> dict:
                 palette=tuple(tuple(int(c) for c in colour) for colour in palette))
 
 
-def export_model(cfg: Config, checkpoint: str, path: str, part: str = 'model', precision: str = 'fp32',
-                 labels: bool = False, shape: tuple[int, int] | None = None) -> ExportReport:
-    """Build ``cfg``'s model with ``checkpoint``'s weights and export it (:func:`export_built`).
+def export_model(cfg: Config, checkpoint: 'str | Checkpoint', path: str, part: str = 'model',
+                 precision: str = 'fp32', labels: bool = False, shape: tuple[int, int] | None = None) -> ExportReport:
+    """Build ``cfg``'s model with ``checkpoint``'s weights (a :class:`~backbones.checkpoints.loading.Checkpoint`
+    read once, or a source to read) and export it (:func:`export_built`); the checkpoint's classes go to ``cfg``
+    (again, when :func:`backbones.runtime.prepare.prepare_config` gave them: the same classes change nothing).
 
     Raises:
         UsageError: A config of another model family, or ``labels`` for a detector.

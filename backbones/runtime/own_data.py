@@ -20,7 +20,6 @@ keeps them; then a different class list in the data, or a head with another ``nu
 naming both. Trained checkpoints carry the classes (and the category ids) in ``meta.dataset_meta``, and
 :func:`apply_checkpoint_classes` gives them to the config that evaluates or runs the model.
 """
-import os
 import os.path as osp
 from collections import Counter
 from collections.abc import Iterator
@@ -29,9 +28,11 @@ from typing import Any
 import numpy as np
 from mmengine.config import Config, ConfigDict
 
-from ..checkpoints.loading import Checkpoint
+from ..boundary import walk_files
+from ..checkpoints.loading import Checkpoint, open_checkpoint
 from ..datasets.checks import read_json
 from ..errors import DatasetError, UsageError
+from .class_meta import MAX_NAME_CHARS, category_ids_problem, checkpoint_class_meta, names_problem
 from .cli import TASKS
 from .config import split_datasets
 
@@ -118,14 +119,18 @@ def _coco_categories(ann_file: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     content = read_json(ann_file)
     categories = content.get('categories')
     if not isinstance(categories, list) or not categories or not all(
-            isinstance(c, dict) and isinstance(c.get('name'), str) and isinstance(c.get('id'), int)
+            isinstance(c, dict) and isinstance(c.get('name'), str) and type(c.get('id')) is int
             for c in categories):
         raise DatasetError(f'{ann_file} has no "categories" list of {{"id": int, "name": str}}: a COCO annotation '
                            'file lists its categories there.')
     names = tuple(c['name'] for c in categories)
     ids = tuple(c['id'] for c in categories)
-    repeated = [name for name, count in Counter(names).items() if count > 1] or [
-        str(i) for i, count in Counter(ids).items() if count > 1]
+    if problem := names_problem(names):
+        raise DatasetError(f'{ann_file}: its category names {problem}: give each category a name of 1 to '
+                           f'{MAX_NAME_CHARS} printable characters.')
+    if problem := category_ids_problem(ids, len(ids)):
+        raise DatasetError(f'{ann_file}: its category ids {problem}: give each category a unique int id.')
+    repeated = [name for name, count in Counter(names).items() if count > 1]
     if repeated:
         raise DatasetError(f'{ann_file} lists the category {repeated[0]} more than once: give each category a '
                            'unique name and id.')
@@ -214,6 +219,9 @@ def read_class_file(path: str) -> tuple[tuple[str, ...], list | None, bool]:
     classes = content.get('classes')
     if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
         raise DatasetError(f'{path} has no "classes" list of names: write {{"classes": ["road", "car", ...]}}.')
+    if problem := names_problem(classes):
+        raise DatasetError(f'{path}: its "classes" {problem}: give each class a name of 1 to {MAX_NAME_CHARS} '
+                           'printable characters.')
     if len(set(classes)) != len(classes):
         raise DatasetError(f'{path} names a class more than once: give each class once.')
     palette = content.get('palette')
@@ -245,7 +253,7 @@ def _set_reduce_zero_label(node: Any, value: bool) -> None:
 
 
 def _image_suffix(folder: str) -> str:
-    suffixes = Counter(osp.splitext(name)[1] for _, _, names in os.walk(folder) for name in names)
+    suffixes = Counter(osp.splitext(path)[1] for path in walk_files(folder))
     return suffixes.most_common(1)[0][0] if suffixes else '.jpg'
 
 
@@ -295,27 +303,21 @@ def classes_from_data(cfg: Config, split: str = 'train', named_by: str = 'the co
     return None
 
 
-def dataset_meta_of(checkpoint: Any) -> dict:
-    """The ``meta.dataset_meta`` (classes, palette, category ids) of a checkpoint written by training; {}
-    for other checkpoints."""
-    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
-    dataset_meta = meta.get('dataset_meta') if isinstance(meta, dict) else None
-    return dataset_meta if isinstance(dataset_meta, dict) else {}
-
-
-def apply_checkpoint_classes(cfg: Config, checkpoint: Checkpoint) -> str | None:
-    """Give ``cfg`` the classes (and category ids, palette) that ``checkpoint`` was trained on, when it
-    carries them; return the line for the log (None when it does not).
+def apply_checkpoint_classes(cfg: Config, checkpoint: 'str | Checkpoint') -> str | None:
+    """Give ``cfg`` the classes (and category ids, palette) that ``checkpoint`` (read once, or a source to read)
+    was trained on, when it carries them (checked: :func:`.class_meta.checkpoint_class_meta`); return the line
+    for the log (None when it carries none).
 
     Raises:
+        CheckpointError: Class metadata that does not fit the schema.
         UsageError: The config names other classes (see :func:`set_classes`).
     """
-    meta = dataset_meta_of(checkpoint.contents)
-    classes = meta.get('classes')
-    if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(name, str) for name in classes)):
+    checkpoint = open_checkpoint(checkpoint)
+    meta = checkpoint_class_meta(checkpoint.contents, checkpoint.source)
+    if meta is None:
         return None
-    extra = {key: tuple(meta[key]) for key in ('category_ids',) if isinstance(meta.get(key), (list, tuple))}
-    palette = meta.get('palette')
-    if isinstance(palette, (list, tuple)) and len(palette) >= len(classes):
-        extra['palette'] = [tuple(int(c) for c in colour) for colour in palette[:len(classes)]]
-    return set_classes(cfg, tuple(classes), checkpoint.source, **extra)
+    extra = {} if meta.category_ids is None else {'category_ids': meta.category_ids}
+    if meta.palette is not None:
+        extra['palette'] = list(meta.palette)
+    line = set_classes(cfg, meta.classes, checkpoint.source, **extra)
+    return line if meta.note is None else f'{line} Note: {meta.note}.'

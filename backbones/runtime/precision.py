@@ -13,6 +13,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ..engine.autocast import DTYPES
 from ..errors import UsageError
@@ -86,18 +87,17 @@ def set_training_precision(cfg: Config, precision: str) -> None:
 
 
 def _floats_to_fp32(value: Any) -> Any:
-    """``value`` with its bf16/fp16 tensors as fp32, inside data samples, lists, tuples and dicts."""
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() else value
-    if isinstance(value, BaseDataElement):
-        for key, item in list(value.items()):
-            setattr(value, key, _floats_to_fp32(item))
-        return value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_floats_to_fp32(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _floats_to_fp32(item) for key, item in value.items()}
-    return value
+    """``value`` with its floating-point tensors as fp32, inside data samples (changed in place) and the
+    containers torch's pytree walks (lists, tuples, dicts, named tuples, ordered and default dicts)."""
+    def to_fp32(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            return item.float() if item.is_floating_point() else item
+        if isinstance(item, BaseDataElement):  # a leaf to pytree: its fields are walked here
+            for key, field in list(item.items()):
+                setattr(item, key, _floats_to_fp32(field))
+        return item
+
+    return tree_map(to_fp32, value)
 
 
 def autocast_test_step(model: nn.Module, precision: str) -> None:

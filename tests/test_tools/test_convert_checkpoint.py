@@ -90,3 +90,52 @@ def test_broken_input_is_one_line(tmp_path, monkeypatch) -> None:
     (tmp_path / 'cut.pth').write_bytes((tmp_path / 'whole.pth').read_bytes()[:1500])
     with pytest.raises(SystemExit, match=r'^error: Cannot load .*cut\.pth: it is a truncated or damaged'):
         convert(monkeypatch, str(tmp_path / 'cut.pth'), str(tmp_path / 'out.pth'))
+
+
+def test_outputs_it_would_not_write_whole_are_one_line(tmp_path, monkeypatch) -> None:
+    """A directory as the output file, a file or a folder of other files as the --to hf folder: one line, before
+    anything is read, and the user's files untouched. A file, or a folder the tool wrote, is replaced."""
+    torch.save({'model': to_official(randomize(ConvNeXt(arch=TINY_ARCH)).state_dict())}, tmp_path / 'official.pth')
+    folder, file, stale = tmp_path / 'folder', tmp_path / 'notes.txt', tmp_path / 'stale'
+    folder.mkdir()
+    (folder / 'notes.txt').write_text('mine')
+    file.write_text('mine')
+    stale.mkdir()
+    (stale / 'config.json').write_text('{}')
+    (stale / 'pytorch_model.bin').write_text('old weights')
+    cases = [(folder, [], f'{folder}: it is a directory; give the name of the file to write, e.g. '
+                         f'{folder}/converted.pth.'),
+             (folder, ['--to', 'hf'], f'{folder}: a folder of other files, not a transformers model folder (no '
+                                      'config.json). Give a new or empty folder.'),
+             (file, ['--to', 'hf'], f'{file}: it is a file; --to hf writes a folder (config.json, model.safetensors). '
+                                    'Give a new or empty folder.'),
+             (stale, ['--to', 'hf'], f'{stale}: a transformers model folder with pytorch_model.bin, which would be '
+                                     'read instead of the model.safetensors written beside it. Give a new or empty '
+                                     'folder.'),
+             (file / 'out.pth', [], f'{file}/out.pth: cannot write it (File exists).')]
+    for output, flags, message in cases:
+        monkeypatch.setattr(sys, 'argv', ['convert_checkpoint.py', str(tmp_path / 'official.pth'), str(output), *flags])
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path('tools/convert_checkpoint.py', run_name='__main__')
+        assert exit_info.value.code == f'error: {message}'
+    assert sorted(path.name for path in folder.iterdir()) == ['notes.txt'] and file.read_text() == 'mine'
+    assert (stale / 'pytorch_model.bin').read_text() == 'old weights'
+
+    file.write_text('an old conversion')
+    convert(monkeypatch, str(tmp_path / 'official.pth'), str(file))
+    for _ in range(2):
+        convert(monkeypatch, str(tmp_path / 'official.pth'), str(tmp_path / 'hf'), '--to', 'hf')
+    assert sorted(path.name for path in (tmp_path / 'hf').iterdir()) == ['config.json', 'model.safetensors']
+
+
+def test_class_names_outside_the_schema_are_one_line(tmp_path, monkeypatch) -> None:
+    """id2label is written from the checkpoint's class names: checked first (backbones/runtime/class_meta.py)."""
+    state = {f'backbone.{k}': v for k, v in to_official(randomize(ConvNeXt(arch=TINY_ARCH)).state_dict(), True).items()}
+    path = tmp_path / 'trained.pth'
+    torch.save({'state_dict': state, 'meta': {'dataset_meta': {'classes': ['road', 'car\x1b[8m']}}}, path)
+    monkeypatch.setattr(sys, 'argv', ['convert_checkpoint.py', str(path), str(tmp_path / 'hf'), '--to', 'hf'])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path('tools/convert_checkpoint.py', run_name='__main__')
+    assert exit_info.value.code.startswith(f"error: {path}: its meta.dataset_meta classes hold the name 'car\\x1b[8m' "
+                                           'at 1, with a control character.')
+    assert not (tmp_path / 'hf').exists()

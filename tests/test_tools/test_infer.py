@@ -22,6 +22,7 @@ from mmseg.apis import inference_model, init_model
 
 from backbones.runtime.config import enable_tta
 from backbones.runtime.demo_data import ensure_demo_data
+from tests.helpers import within
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONPATH=str(ROOT))  # this checkout's backbones, not an installed one
@@ -173,6 +174,39 @@ def test_unusable_arguments_are_one_error_line(demo, tmp_path, monkeypatch, caps
                    *flags)
     assert exit_info.value.code == expected
     assert capsys.readouterr().err == ''
+
+
+def test_an_input_named_with_dots_after_a_wildcard_writes_nothing_outside_out(demo, tmp_path, monkeypatch) -> None:
+    """A pattern whose wildcard is followed by '..' names an image above its root: its outputs would go above
+    --out. One error line, before anything is written."""
+    root = tmp_path / 'above' / 'inside' / 'root'
+    (root / 'any').mkdir(parents=True)
+    shutil.copyfile(demo / 'images' / 'val_00000.jpg', tmp_path / 'above' / 'escape.jpg')
+    out = tmp_path / 'above' / 'inside' / 'out'
+    with pytest.raises(SystemExit) as exit_info:
+        infer_here(monkeypatch, DET_CONFIG, str(demo / 'det.pth'), f'{root}/*/../../../escape.jpg', '--out', str(out),
+                   '--device', 'cpu')
+    assert exit_info.value.code == (f"error: ../../escape: its output vis/../../escape.png would be written outside "
+                                    f"--out {out}. Name the inputs by a folder or a pattern with no '..' after its "
+                                    'wildcards.')
+    assert sorted(path.name for path in (tmp_path / 'above').rglob('*')) == ['any', 'escape.jpg', 'inside', 'root']
+
+
+def test_a_folder_input_finds_images_in_any_case_through_links_once_and_no_fifo(tmp_path) -> None:
+    find_inputs = runpy.run_path('tools/infer.py')['find_inputs']
+    folder, outside = tmp_path / 'in', tmp_path / 'outside'
+    for path in (folder / 'a.Jpg', folder / 'sub' / 'b.png', outside / 'c.jpg'):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b'image')
+    (folder / 'linked').symlink_to(outside)
+    (folder / 'loop').symlink_to(folder)
+    os.mkfifo(folder / 'fifo.jpg')  # reading it would block
+    os.mkfifo(tmp_path / 'alone.jpg')
+    with within(10):
+        files, unmatched = find_inputs([str(folder), str(tmp_path / '*.jpg'), str(tmp_path / 'alone.jpg')])
+    assert [file.name for file in files] == ['a.Jpg', 'linked/c.jpg', 'sub/b.png']
+    assert unmatched == [f'{tmp_path}/*.jpg: no file matches it',
+                         f'{tmp_path}/alone.jpg: not a regular file (a FIFO, socket or device)']
 
 
 def test_onnx_runtime_backend_writes_what_the_pytorch_backend_writes(demo, tmp_path, monkeypatch) -> None:

@@ -7,6 +7,7 @@ images in nested folders, another image size and an unannotated image; label map
 tests/test_tools/test_detectors_learn.py.
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,12 +31,12 @@ from backbones.datasets.checks import (
     UNREADABLE_IMAGE,
 )
 from backbones.datasets.skip_unreadable import LoadImageOrSkip
-from backbones.errors import DatasetError, UsageError
+from backbones.errors import CheckpointError, DatasetError, UsageError
 from backbones.runtime.config import load_config, set_data_root
 from backbones.runtime.dataset_check import check_before_training
 from backbones.runtime.demo_data import ensure_demo_data
 from backbones.runtime.own_data import apply_checkpoint_classes, classes_from_data
-from tests.helpers import OWN_CLASSES, OWN_SEG_CLASSES, make_own_coco, make_own_label_maps
+from tests.helpers import OWN_CLASSES, OWN_SEG_CLASSES, limit_address_space, make_own_coco, make_own_label_maps
 
 DET_CONFIG = 'configs/demo/mask_rcnn_convnext_demo.py'
 SEG_CONFIG = 'configs/demo/upernet_convnext_demo.py'
@@ -260,6 +261,24 @@ def test_bad_label_maps_are_one_line_each_before_training(tmp_path, own_maps, br
     assert str(error.value).startswith(f'train ({data}/annotations/train): 1 {kind}, e.g. {name}')
 
 
+def test_skip_bad_keeps_the_good_images_of_a_linked_folder(tmp_path, own_maps) -> None:
+    data, name = broken_maps(own_maps, tmp_path / 'data', lambda label: label.unlink())
+    images, labels, outside = data / 'images' / 'train', data / 'annotations' / 'train', tmp_path / 'outside'
+    outside.mkdir()
+    moved = sorted(images.glob('*.jpg'))[-2:]  # the broken one is the first
+    (labels / 'linked').mkdir()
+    for image in moved:
+        image.rename(outside / image.name)
+        (labels / f'{image.stem}.png').rename(labels / 'linked' / f'{image.stem}.png')
+    (images / 'linked').symlink_to(outside)
+    cfg, _ = prepared(SEG_CONFIG, data)
+    cfg.work_dir = str(tmp_path / 'work')
+    assert any(line.startswith('train: 1 images left out') for line in check_before_training(cfg, skip_bad=True))
+    kept = Path(cfg.train_dataloader.dataset.ann_file).read_text().split()
+    assert len(kept) == len(list(own_maps.glob('images/train/*.jpg'))) - 1
+    assert {f'linked/{image.stem}' for image in moved} <= set(kept) and Path(name).stem not in kept
+
+
 def test_check_dataset_tool_decodes_every_image(tmp_path, own_coco) -> None:
     data = shutil.copytree(own_coco, tmp_path / 'data')
     content = json.loads((data / 'annotations' / 'val.json').read_text())
@@ -320,3 +339,80 @@ def test_bad_starts_are_one_line(tmp_path, own_coco) -> None:
         result = run(*args, check=False)
         assert result.returncode == 1 and line in result.stderr.strip().splitlines()[-1], (args, result.stderr[-2000:])
         assert 'Traceback' not in result.stderr
+
+
+# --- class metadata that files carry: one schema (backbones/runtime/class_meta.py) ----------------------------
+
+CLASSES_TOO_MANY = 2_000_000  # one short name shared: a 9 MB checkpoint
+MEMORY_CAP = 6 << 30  # address space for a tool run (torch and mmdet map about 4 GiB at import)
+
+
+@pytest.mark.parametrize('dataset_meta, problem', [
+    ({'classes': 'disc'}, 'classes are of type str, not a list of names'),
+    ({'classes': ['disc', 'red\n\x1b[31mALERT']}, r"classes hold the name 'red\n\x1b[31mALERT' at 1, with a control"),
+    ({'classes': ['disc', '']}, 'classes hold a name of 0 characters at 1, not 1 to 256'),
+    ({'classes': ['disc', 'x' * 300]}, 'classes hold a name of 300 characters at 1, not 1 to 256'),
+    ({'classes': ['disc', 7]}, 'classes hold a value of type int at 1, not a name'),
+    ({'classes': ['a', 'b'], 'palette': [1, 2]}, 'palette holds a colour that is not an (r, g, b) of ints 0-255'),
+    ({'classes': ['a', 'b'], 'palette': [(0, 0, 0), (0, 0, 256)]}, 'palette holds a colour that is not an (r, g, b)'),
+    ({'classes': ['a', 'b'], 'category_ids': ['1', '2']}, "category_ids hold a value that is not an int of int64's"),
+    ({'classes': ['a', 'b'], 'category_ids': [True, False]}, "category_ids hold a value that is not an int of int64's"),
+    ({'classes': ['a', 'b'], 'category_ids': [1]}, 'category_ids are not a list of 2 ids, one per class'),
+    ({'classes': ['a', 'b'], 'category_ids': [3, 3]}, 'category_ids repeat an id'),
+])
+def test_checkpoint_classes_outside_the_schema_are_one_line(tmp_path, dataset_meta: dict, problem: str) -> None:
+    """Wrong types were tracebacks, and names with newlines and terminal codes reached the log as they were."""
+    checkpoint = tmp_path / 'trained.pth'
+    torch.save({'state_dict': {}, 'meta': {'dataset_meta': dataset_meta}}, checkpoint)
+    with pytest.raises(CheckpointError) as error:
+        apply_checkpoint_classes(load_config(DET_CONFIG), str(checkpoint))
+    message = str(error.value)
+    assert message.startswith(f'{checkpoint}: its meta.dataset_meta {problem}') and message.isprintable(), message
+
+
+def test_checkpoint_classes_keep_a_palette_of_one_colour_per_class(tmp_path) -> None:
+    """mmdet's datasets keep COCO's 80 colours for fewer classes: the first ones are used; too few are not."""
+    checkpoint = tmp_path / 'trained.pth'
+    colours = [(index, 0, 0) for index in range(80)]
+    torch.save({'meta': {'dataset_meta': {'classes': ('a', 'b'), 'palette': colours, 'category_ids': (3, 7)}}},
+               checkpoint)
+    cfg = load_config(DET_CONFIG)
+    assert apply_checkpoint_classes(cfg, str(checkpoint)).startswith(f'2 classes from {checkpoint}: a, b;')
+    metainfo = cfg.test_dataloader.dataset.metainfo
+    assert metainfo.palette == [(0, 0, 0), (1, 0, 0)] and metainfo.category_ids == (3, 7)
+    torch.save({'meta': {'dataset_meta': {'classes': ('a', 'b', 'c'), 'palette': colours[:2]}}}, checkpoint)
+    cfg = load_config(DET_CONFIG)
+    line = apply_checkpoint_classes(cfg, str(checkpoint))
+    assert line.endswith('Note: its palette of 2 colours for 3 classes is not used.')
+    assert cfg.test_dataloader.dataset.metainfo.get('palette') == load_config(DET_CONFIG).test_dataloader.dataset.get(
+        'metainfo', {}).get('palette')  # the config's, as for a checkpoint without a palette
+
+
+def test_millions_of_checkpoint_classes_are_one_line_in_bounded_memory(tmp_path) -> None:
+    """They flowed into palettes and config copies: gigabytes and minutes. Refused by their count, before use."""
+    checkpoint = tmp_path / 'many.pth'
+    torch.save({'state_dict': {}, 'meta': {'dataset_meta': {'classes': ['a'] * CLASSES_TOO_MANY}}}, checkpoint)
+    result = subprocess.run([sys.executable, 'tools/test.py', DET_CONFIG, str(checkpoint), '--work-dir',
+                             str(tmp_path / 'work')], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=os.getcwd()), preexec_fn=limit_address_space(MEMORY_CAP))
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f'error: {checkpoint}: its meta.dataset_meta classes are {CLASSES_TOO_MANY} names, not 1 to 10000.')
+
+
+def test_classes_in_annotation_and_class_files_are_printable(tmp_path) -> None:
+    """COCO category names and classes.json names are shown in the log: the same rule applies to them."""
+    coco = tmp_path / 'coco'
+    (coco / 'annotations').mkdir(parents=True)
+    (coco / 'annotations' / 'train.json').write_text(json.dumps({
+        'images': [{'id': 1, 'file_name': 'a.jpg', 'width': 8, 'height': 8}], 'annotations': [],
+        'categories': [{'id': 1, 'name': 'disc'}, {'id': 2, 'name': 'plus\x1b]0;owned\x07'}]}))
+    with pytest.raises(DatasetError, match=r"train.json: its category names hold the name 'plus\\x1b]0;owned\\x07' "
+                                           'at 1, with a control character'):
+        prepared(DET_CONFIG, coco)
+    maps = tmp_path / 'maps'
+    maps.mkdir()
+    (maps / 'classes.json').write_text(json.dumps({'classes': ['road', 'car\r\nINFO fake line']}))
+    with pytest.raises(DatasetError, match=r"classes.json: its \"classes\" hold the name 'car\\r\\nINFO fake line' at "
+                                           '1, with a control character'):
+        prepared(SEG_CONFIG, maps)

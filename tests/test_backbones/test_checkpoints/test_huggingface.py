@@ -286,3 +286,54 @@ def test_infer_tool_predicts_with_a_transformers_folder(made, tmp_path) -> None:
     labels = cv2.imread(str(tmp_path / 'out' / 'labels' / 'photo.png'), cv2.IMREAD_UNCHANGED)
     assert labels.shape == expected.shape and (labels == expected).all()
     assert len(np.unique(labels)) > 1  # the random UperNet predicts several classes, not a constant map
+
+
+def small_folder(folder: Path) -> Path:
+    """A transformers folder of a tiny ConvNeXt V1, written by the project (no transformers needed)."""
+    write_transformers_folder(folder, ConvNeXt(arch=dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))).state_dict(), {})
+    return folder
+
+
+def test_files_linked_out_of_the_model_folder_are_refused(tmp_path) -> None:
+    """A shard, an index or a config.json that is a link to a file outside the folder is never read; the links of
+    huggingface_hub's cache (a snapshot's files into its repository's blobs/) are read."""
+    source = small_folder(tmp_path / 'source')
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    shutil.copy(source / 'model.safetensors', outside / 'model.safetensors')
+    shard = tmp_path / 'shard'
+    shutil.copytree(source, shard, ignore=shutil.ignore_patterns('model.safetensors'))
+    (shard / 'model-00001-of-00001.safetensors').symlink_to(outside / 'model.safetensors')
+    names = safetensors.torch.load_file(source / 'model.safetensors')
+    (shard / 'model.safetensors.index.json').write_text(
+        json.dumps({'weight_map': {name: 'model-00001-of-00001.safetensors' for name in names}}))
+    config = shutil.copytree(source, tmp_path / 'config', ignore=shutil.ignore_patterns('config.json'))
+    shutil.copy(source / 'config.json', outside / 'config.json')
+    (config / 'config.json').symlink_to(outside / 'config.json')
+    for folder, name, target in ((shard, 'model-00001-of-00001.safetensors', 'model.safetensors'),
+                                 (config, 'config.json', 'config.json')):
+        with pytest.raises(CheckpointError) as error:
+            read_checkpoint(str(folder))
+        assert str(error.value) == (f'Cannot load {folder / name}: it resolves to {outside / target}, outside the '
+                                    f'model folder {folder}. The files of a transformers model folder lie in it.')
+    (shard / 'model-00001-of-00001.safetensors').unlink()
+    shutil.copy(outside / 'model.safetensors', shard / 'model-00001-of-00001.safetensors')
+    assert set(read_checkpoint(str(shard))) == set(names)  # the same folder, its shard a file of its own
+
+    hub_cache(tmp_path / 'cache', 'org/name', source, 'a' * 40)
+    snapshot = tmp_path / 'cache' / 'models--org--name' / 'snapshots' / ('a' * 40)
+    assert (snapshot / 'config.json').is_symlink() and set(read_checkpoint(str(snapshot))) == set(names)
+
+
+def test_a_fifo_as_config_json_in_the_hub_cache_is_one_line(tmp_path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: the cache's config.json is refused at once."""
+    hub_cache(tmp_path / 'cache', 'org/name', small_folder(tmp_path / 'source'), 'a' * 40)
+    blob = tmp_path / 'cache' / 'models--org--name' / 'blobs' / 'blob-config.json'
+    blob.unlink()
+    os.mkfifo(blob)
+    env = {**os.environ, 'HF_HUB_CACHE': str(tmp_path / 'cache'), 'HF_HUB_OFFLINE': '1', 'PYTHONPATH': os.getcwd()}
+    result = subprocess.run([sys.executable, 'tools/convert_checkpoint.py', 'hf://org/name', str(tmp_path / 'out.pth')],
+                            env=env, capture_output=True, text=True, timeout=120)
+    config = tmp_path / 'cache' / 'models--org--name' / 'snapshots' / ('a' * 40) / 'config.json'
+    assert (result.returncode, result.stderr) == (
+        1, f'error: Cannot load {config}: it is not a regular file (a device, FIFO or socket).\n')

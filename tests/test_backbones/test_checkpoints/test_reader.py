@@ -1,6 +1,7 @@
 """backbones/checkpoints/reader.py and pickle_data.py: files are read as data, attacks are inert or refused."""
 import os
 import re
+import signal
 import time
 import zipfile
 
@@ -12,6 +13,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 import backbones.checkpoints.reader as reader_module
 from backbones.checkpoints import CheckpointError, load_local_checkpoint, read_checkpoint_file
 from backbones.checkpoints.pickle_data import Global, Record
+from tests.helpers import within
 
 from . import payloads as p
 
@@ -223,6 +225,26 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, kind: str, messag
     assert '\n' not in text
 
 
+def test_text_opcodes_cost_the_bytes_they_read(tmp_path) -> None:
+    """Protocol 0's line-reading opcodes (INT, LONG, FLOAT, STRING, UNICODE, PUT, GET) cost their line, not a
+    fixed copy of 1 MiB each (which made a 7 MB file of them take about a minute): under an alarm, so that a
+    regression fails the test instead of stalling the run."""
+    opcodes = b'I7\nL-12\nF1.5\nS\'a\'\nVb\np0\n0g0\n'  # 5 values: 'b' memoised, popped and fetched again
+    path = p.write_archive(tmp_path / 'text.pth', p.checkpoint(b'(' + opcodes * 250_000 + b'l'))
+    assert path.stat().st_size > 7_000_000
+
+    def too_slow(signum: int, frame: object) -> None:
+        raise TimeoutError('7 MB of text opcodes took more than 30 s')
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(30)
+    try:
+        meta = read_checkpoint_file(path)['meta']
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(meta) == 1_250_000 and meta[:7] == [7, -12, 1.5, 'a', 'b', 7, -12]
+
+
 def test_missing_checkpoint_names_the_path(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match='Checkpoint not found: .*nope.pth. See checkpoints/README.md'):
         load(tmp_path / 'nope.pth')
@@ -258,3 +280,27 @@ def test_globals_are_never_resolved(tmp_path) -> None:
     meta = read_checkpoint_file(path)['meta']
     assert isinstance(meta, Global) and meta.name == 'torch.nn.Module'
     assert load_local_checkpoint(str(path))['meta'].name == 'torch.nn.Module'
+
+
+def test_moving_to_a_device_moves_each_shared_tensor_and_container_once_and_keeps_it_shared() -> None:
+    tensor = torch.ones(2)
+    level = [tensor, {'k': (tensor, 1)}]
+    for _ in range(60):  # 2**60 places as a tree: a walk that goes to each place never ends
+        level = [level, level]
+    with within(10):
+        moved = reader_module.map_tensors({'a': tensor, 'b': tensor, 'tree': level}, 'meta')
+    assert moved['a'] is moved['b'] and moved['a'].device.type == 'meta'
+    level = moved['tree']
+    for _ in range(60):
+        assert level[0] is level[1]
+        level = level[0]
+    assert level[0] is level[1]['k'][0] is moved['a']
+
+
+def test_a_nest_deeper_than_python_recurses_is_one_line_when_moved_to_a_device() -> None:
+    deep = []
+    for _ in range(50_000):
+        deep = [deep]
+    with pytest.raises(CheckpointError, match="^Cannot move the checkpoint to meta: its containers nest deeper than "
+                                              "Python's recursion limit.$"):
+        reader_module.map_tensors(deep, 'meta')

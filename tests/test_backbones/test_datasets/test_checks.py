@@ -1,5 +1,8 @@
 """backbones/datasets/checks.py: every bad item of a COCO or label-map dataset, by kind of problem."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +12,7 @@ from PIL import Image, ImageFile
 
 from backbones.datasets import checks
 from backbones.datasets.checks import DatasetError, check_coco, check_label_maps, read_json
-from backbones.errors import DatasetNotFoundError
+from backbones.errors import DatasetNotFoundError, UsageError
 
 SIZE = 16
 
@@ -229,6 +232,53 @@ def test_a_missing_file_or_a_top_level_that_is_not_an_object(tmp_path) -> None:
     assert read_json(str(tmp_path / 'ok.json')) == {'a': 1}
 
 
+
+@pytest.mark.parametrize('content, problem', [
+    ('{"images": [{"id": 1' + '0' * 5000 + '}]}', 'Exceeds the limit (4300 digits) for integer string conversion'),
+    ('{"images": ' + '[' * 100_000 + ']' * 100_000 + '}', 'nested deeper than Python parses'),
+    ('{"images": "\xff"}'.encode('latin1'), 'not UTF-8 text (invalid start byte at byte 12)'),
+])
+def test_json_that_python_cannot_parse_is_one_line(tmp_path, content: str | bytes, problem: str) -> None:
+    """Huge or deeply nested numbers and lists, and bytes that are not UTF-8: one DatasetError line each."""
+    path = tmp_path / 'train.json'
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DatasetError) as error:
+        check_coco(str(path), str(tmp_path), 'train', open_images=False)
+    assert str(error.value) == f'{path} is not valid JSON: {problem}; fix the file there or export it again.'
+
+
+def test_json_is_capped_while_read_and_the_cap_is_a_setting(tmp_path, monkeypatch) -> None:
+    path = tmp_path / 'train.json'
+    path.write_text(json.dumps({'images': [], 'pad': 'x' * 2000}))
+    monkeypatch.setenv('CONVNEXT_DENSE_MAX_JSON_MB', '0.001')  # 1048 bytes
+    with pytest.raises(DatasetError) as error:
+        read_json(str(path))
+    assert str(error.value) == (f'{path}: it has more than 1048 bytes, the cap for a JSON file; raise it with '
+                                'CONVNEXT_DENSE_MAX_JSON_MB.')
+    monkeypatch.setenv('CONVNEXT_DENSE_MAX_JSON_MB', '0.01')
+    assert read_json(str(path))['images'] == []
+    monkeypatch.setenv('CONVNEXT_DENSE_MAX_JSON_MB', 'lots')
+    with pytest.raises(UsageError, match=r"^CONVNEXT_DENSE_MAX_JSON_MB='lots': set it to a positive number of MiB "
+                                         r'\(default 2048\), or unset it\.$'):
+        read_json(str(path))
+
+
+def test_an_annotation_file_that_is_not_a_regular_file_is_one_line(tmp_path) -> None:
+    """A FIFO would block the reader in open(), /dev/zero never ends: in a subprocess, so a hang fails the test."""
+    fifo, device, folder = (tmp_path / f'{kind}.json' for kind in ('fifo', 'device', 'folder'))
+    os.mkfifo(fifo)
+    device.symlink_to('/dev/zero')
+    folder.mkdir()
+    script = ('import sys; from backbones.datasets.checks import DatasetError, check_coco\n'
+              'for path in sys.argv[2:]:\n'
+              '    try: check_coco(path, sys.argv[1], "train", open_images=False)\n'
+              '    except DatasetError as error: print(error)')
+    result = subprocess.run([sys.executable, '-c', script, str(tmp_path), str(fifo), str(device), str(folder)],
+                            capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert result.stdout.splitlines() == [f'{fifo}: it is not a regular file (a device, FIFO or socket).',
+                                          f'{device}: it is not a regular file (a device, FIFO or socket).',
+                                          f'{folder}: it is a directory, not a JSON file.'], result.stderr[-2000:]
+
 @pytest.mark.parametrize(('top', 'message'), [
     (dict(drop='images'), "'images' has none"),
     (dict(images={}), "'images' holds a JSON dict"),
@@ -334,6 +384,22 @@ def test_reduce_zero_label_makes_the_classes_one_to_num_classes(tmp_path) -> Non
     assert check_seg(image_dir, label_dir, num_classes=3).problems == {checks.BAD_LABEL_VALUE: ['a.png (values 3)']}
     report = check_seg(image_dir, label_dir, num_classes=2, reduce_zero_label=True, ignore_index=254)
     assert report.problems == {checks.BAD_LABEL_VALUE: ['a.png (values 3)', 'c.png (values 255)']}
+
+
+def test_linked_image_folders_are_checked_once_without_loops_or_fifos(tmp_path) -> None:
+    image_dir, label_dir = seg_set(tmp_path / 'data')
+    write_image(tmp_path / 'outside' / 'c.jpg')
+    write_label(Path(label_dir) / 'linked' / 'c.png', 1)
+    (Path(image_dir) / 'linked').symlink_to(tmp_path / 'outside')
+    (Path(image_dir) / 'sub' / 'up').symlink_to(image_dir)  # a loop
+    (Path(image_dir) / 'again').symlink_to(image_dir)
+    os.mkfifo(Path(image_dir) / 'fifo.jpg')  # decoding it would block a worker thread: run where a timeout ends it
+    script = ('import sys; from backbones.datasets.checks import check_label_maps\n'
+              'report = check_label_maps(*sys.argv[1:3], "val", ".jpg", ".png", 3, False, workers=2)\n'
+              'print(report.lines())')
+    result = subprocess.run([sys.executable, '-c', script, image_dir, label_dir], capture_output=True, text=True,
+                            timeout=60, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert (result.returncode, result.stdout) == (0, f"['val ({label_dir}): 3 images']\n"), result.stderr[-2000:]
 
 
 def test_16_bit_label_maps_with_values_above_255_would_wrap(tmp_path) -> None:

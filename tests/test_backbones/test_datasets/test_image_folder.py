@@ -1,4 +1,5 @@
 """backbones/datasets/image_folder.py: a folder tree of unlabelled images as FCMAE's dataset."""
+import os
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,7 @@ from mmengine.registry import DATASETS, TRANSFORMS
 
 import backbones  # noqa: F401  registers the dataset and the transforms
 from backbones.errors import DatasetNotFoundError
+from tests.helpers import within
 
 PIPELINE = [dict(type='convnext_dense.RandomResizedCrop', size=16, scale=(0.5, 1.0)),
             dict(type='convnext_dense.PackImageInputs')]
@@ -31,6 +33,18 @@ def test_every_image_of_the_tree_in_sorted_order_and_nothing_else(tmp_path) -> N
     dataset = folder_dataset(tmp_path)
     assert [Path(dataset.get_data_info(i)['img_path']).relative_to(tmp_path).as_posix()
             for i in range(len(dataset))] == ['a/y/x.jpeg', 'a/z.JPG', 'b.png', 'c.bmp']
+
+
+def test_images_in_any_case_and_linked_folders_once_without_loops_or_fifos(tmp_path) -> None:
+    for name in ('data/a.Jpg', 'data/b.PNG', 'outside/c.jpg'):
+        write_image(tmp_path / name, (0, 0, 255))
+    (tmp_path / 'data' / 'linked').symlink_to(tmp_path / 'outside')
+    (tmp_path / 'data' / 'loop').symlink_to(tmp_path / 'data')
+    os.mkfifo(tmp_path / 'data' / 'fifo.jpg')  # reading it would block
+    with within(10):
+        dataset = folder_dataset(tmp_path / 'data')
+    assert [Path(dataset.get_data_info(i)['img_path']).relative_to(tmp_path / 'data').as_posix()
+            for i in range(len(dataset))] == ['a.Jpg', 'b.PNG', 'linked/c.jpg']
 
 
 def test_items_are_crops_of_the_image_in_bgr_as_chw_uint8(tmp_path) -> None:

@@ -1,4 +1,6 @@
 """backbones/runtime/precision.py: the precision a run uses, its optim wrapper and its autocast test step."""
+from collections import OrderedDict, namedtuple
+
 import pytest
 import torch
 from mmengine.config import Config
@@ -62,3 +64,16 @@ def test_autocast_test_step_runs_in_bf16_and_returns_fp32() -> None:
         in_bf16 = model.linear(data).squeeze(1).float()
     torch.testing.assert_close(prediction.scores, in_bf16, rtol=0, atol=0)  # computed in bf16, not fp32
     assert not torch.equal(prediction.scores, reference.scores)
+
+
+def test_autocast_test_step_returns_fp32_inside_any_container_and_data_sample() -> None:
+    pair = namedtuple('pair', 'scores labels')
+    half, labels = torch.ones(2, dtype=torch.bfloat16), torch.arange(2)
+    model = _Toy()
+    model.test_step = lambda data: [{'sample': InstanceData(scores=half, nested=[half, half])},
+                                    (pair(half, labels), OrderedDict(x=half))]
+    autocast_test_step(model, 'bf16')
+    (first, (named, ordered)) = model.test_step(torch.randn(2, 8))
+    assert first['sample'].scores.dtype == first['sample'].nested[0].dtype == torch.float32
+    assert type(named) is pair and named.scores.dtype == torch.float32 and named.labels.dtype == torch.int64
+    assert type(ordered) is OrderedDict and ordered['x'].dtype == torch.float32

@@ -1,0 +1,258 @@
+"""The project's bounded input boundary: the primitives through which bytes and names from outside enter.
+
+Each primitive bounds the work an input can cause and refuses what it cannot take with one line (a
+:mod:`backbones.errors` type). So far:
+
+* :func:`walk_files`: the one folder walk (datasets, the dataset checks, ``--skip-bad`` copies, the inputs of
+  ``tools/infer.py``). It follows linked folders, since datasets are often linked in, but enters each real
+  folder once, so a link loop ends; it lists regular files only (a FIFO, socket or device is never opened
+  later, where it could block), and counts the entries it reads against a cap.
+* :func:`read_regular_file` (on :func:`open_regular_file`): a file's bytes, from a regular file only (opened
+  without blocking, checked on the descriptor), counted against a cap while read, never by its reported size;
+  :func:`parse_json` for the JSON files among them; :func:`cap_from_environment` for caps users can raise.
+* :func:`resolve_inside`: a path resolved, links and ``..`` included, that must stay inside a given folder.
+"""
+import io
+import json
+import os
+import stat
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import DatasetError, UsageError
+
+MAX_FILES_VARIABLE = 'CONVNEXT_DENSE_MAX_FILES'
+DEFAULT_MAX_FILES = 1_000_000
+
+
+def max_files() -> int:
+    """The cap on the entries one folder walk reads: ``$CONVNEXT_DENSE_MAX_FILES``, else 1,000,000.
+
+    Raises:
+        UsageError: The variable is set to something other than a positive integer.
+    """
+    value = os.environ.get(MAX_FILES_VARIABLE, '').strip()
+    if not value:
+        return DEFAULT_MAX_FILES
+    if not value.isdecimal() or int(value) < 1:
+        raise UsageError(f'{MAX_FILES_VARIABLE}={value!r}: set it to a positive number of folder entries '
+                         f'(default {DEFAULT_MAX_FILES}), or unset it.')
+    return int(value)
+
+
+def walk_files(root: str | os.PathLike, suffixes: Sequence[str] | None = None,
+               max_entries: int | None = None) -> list[str]:
+    """Every regular file under ``root``, recursively: the paths relative to ``root``, sorted.
+
+    The link policy: a linked folder is followed, but each real folder (by device and inode) is entered
+    once, so a link loop ends and a folder reached by several paths is listed once. Real subfolders are
+    walked before linked ones, so a folder inside ``root`` keeps its own path when a link also points at
+    it; between links, the first in sorted order wins. Only regular files are listed (links to them
+    included): FIFOs, sockets, devices and broken links are left out. Folders that cannot be read are left
+    out, as ``os.walk`` does.
+
+    Args:
+        root: The folder. A path that is not a folder (or does not exist) has no files.
+        suffixes: Keep only the files whose names end with one of these, in any case (``.jpg`` finds
+            ``a.JPG`` and ``a.Jpg``); None keeps every file.
+        max_entries: The cap on the folder entries read (files, folders, links and what is left out, counted
+            in every folder entered); None reads :func:`max_files`.
+
+    Returns:
+        The files' paths relative to ``root`` (through the links followed), with ``/`` separators, in sorted
+        order (strings: a ``Path`` per file would cost several times the walk).
+
+    Raises:
+        DatasetError: The walk read more than ``max_entries`` entries, naming ``root``, the cap and its variable.
+        UsageError: ``$CONVNEXT_DENSE_MAX_FILES`` is not a positive integer (only when ``max_entries`` is None).
+    """
+    cap = max_files() if max_entries is None else max_entries
+    endings = None if suffixes is None else tuple(suffix.lower() for suffix in suffixes)
+    # (path, relative path with a trailing /): real subfolders depth-first, then linked ones in the order found
+    folders, linked = [(os.fspath(root), '')], deque()
+    entered: set[tuple[int, int]] = set()
+    files, entries = [], 0
+    while folders or linked:
+        folder, relative = folders.pop() if folders else linked.popleft()
+        try:
+            status = os.stat(folder)
+            if not stat.S_ISDIR(status.st_mode) or (status.st_dev, status.st_ino) in entered:
+                continue
+            entered.add((status.st_dev, status.st_ino))
+            with os.scandir(folder) as scan:
+                children = []
+                for child in scan:
+                    entries += 1
+                    if entries > cap:
+                        raise DatasetError(f'{root} holds more than {cap} files and folders (counted through its '
+                                           f'linked folders): point at a smaller folder, or raise the cap with '
+                                           f'{MAX_FILES_VARIABLE}=N.')
+                    children.append(child)
+        except OSError:  # gone, not a folder, or not readable: no files, as os.walk does
+            continue
+        subfolders = []
+        for child in sorted(children, key=lambda entry: entry.name):
+            try:
+                if child.is_dir():
+                    place = (child.path, f'{relative}{child.name}/')
+                    (linked if child.is_symlink() else subfolders).append(place)
+                elif child.is_file() and (endings is None or child.name.lower().endswith(endings)):
+                    files.append(relative + child.name)
+            except OSError:  # the entry went away or cannot be examined: left out, as os.walk does
+                continue
+        folders.extend(reversed(subfolders))
+    return sorted(files)
+
+
+# ---- Regular files, read within a cap ----
+
+JSON_CAP_VARIABLE = 'CONVNEXT_DENSE_MAX_JSON_MB'
+DEFAULT_JSON_CAP_MB = 2048  # above COCO's instances_train2017.json (448 MB) and LVIS v1's train file (1.1 GB)
+READ_CHUNK_BYTES = 1 << 20
+
+
+def _usage_error(path: str | os.PathLike) -> Callable[[str], Exception]:
+    return lambda reason: UsageError(f'{os.fspath(path)}: {reason}.')
+
+
+def _in_units(size: int) -> str:
+    return f'{size >> 20} MiB' if size >= 1 << 20 else f'{size} bytes'
+
+
+def open_regular_file(path: str | os.PathLike, what: str,
+                      refuse: Callable[[str], Exception] | None = None) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading without ever blocking, and check on the open descriptor that it is a regular file.
+
+    Args:
+        path: The file; a symlink to a regular file is one.
+        what: What the file should be, for the error (``'a checkpoint file'``).
+        refuse: Makes the exception to raise from a reason (``'it is a directory, not a checkpoint file'``);
+            by default a :class:`~backbones.errors.UsageError` ``<path>: <reason>.``.
+
+    Returns:
+        The open descriptor (the caller closes it) and its status.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the caller says where the file should come from).
+        Exception: What ``refuse`` makes: ``path`` cannot be opened, or is a directory, a FIFO, a device or a
+            socket (opened with ``O_NONBLOCK``, so a FIFO without a writer does not block).
+    """
+    refuse = refuse or _usage_error(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise refuse(error.strerror or type(error).__name__) from None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(status.st_mode):
+            raise refuse(f'it is a directory, not {what}')
+        raise refuse('it is not a regular file (a device, FIFO or socket)')
+    return fd, status
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int, what: str, setting: str | None = None,
+                      refuse: Callable[[str], Exception] | None = None) -> bytes:
+    """The bytes of the regular file ``path``, counted against ``max_bytes`` while they are read.
+
+    The size the file system reports is never trusted (it is 0 for ``/dev/zero`` or a FIFO, and a file can
+    grow): reading stops at the first byte over the cap.
+
+    Args:
+        path: The file; a symlink to a regular file is one.
+        max_bytes: The cap.
+        what: What the file should be, for the errors (``'a COCO JSON file'``).
+        setting: How to raise the cap (an environment variable's name), for the error; None: it is fixed.
+        refuse: Makes the exception to raise from a reason; by default a
+            :class:`~backbones.errors.UsageError` ``<path>: <reason>.``.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the caller says where the file should come from).
+        Exception: What ``refuse`` makes: not a regular file (see :func:`open_regular_file`), not readable,
+            or more than ``max_bytes``.
+    """
+    refuse = refuse or _usage_error(path)
+    fd, _ = open_regular_file(path, what, refuse)
+    content, size = io.BytesIO(), 0
+    with os.fdopen(fd, 'rb', buffering=0) as file:
+        try:
+            while chunk := file.read(min(READ_CHUNK_BYTES, max_bytes + 1 - size)):
+                size += len(chunk)
+                if size > max_bytes:
+                    how = f'; raise it with {setting}' if setting else ''
+                    raise refuse(f'it has more than {_in_units(max_bytes)}, the cap for {what}{how}')
+                content.write(chunk)
+        except OSError as error:
+            raise refuse(f'cannot read it ({error.strerror or type(error).__name__})') from None
+    return content.getvalue()
+
+
+def cap_from_environment(variable: str, default_mb: int) -> int:
+    """A cap in bytes from the environment variable ``variable`` (MiB), or ``default_mb`` MiB if it is unset.
+
+    Raises:
+        UsageError: The variable is set to something other than a positive number.
+    """
+    text = os.environ.get(variable, '').strip()
+    try:
+        value = float(text or default_mb)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 2**43:
+        raise UsageError(f'{variable}={text[:40]!r}: set it to a positive number of MiB (default {default_mb}), or '
+                         'unset it.')
+    return int(value * (1 << 20))
+
+
+def parse_json(data: bytes) -> Any:
+    """``json.loads`` of UTF-8 ``data``, with every way it can fail one :class:`ValueError` line.
+
+    Raises:
+        ValueError: Not UTF-8, not JSON (the message gives the line and column), nested deeper than Python's
+            recursion limit, or holding an integer of more digits than Python converts
+            (``sys.get_int_max_str_digits()``).
+    """
+    try:
+        return json.loads(data.decode('utf-8'))
+    except UnicodeDecodeError as error:
+        raise ValueError(f'not UTF-8 text ({error.reason} at byte {error.start})') from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f'{error.msg} at line {error.lineno}, column {error.colno}') from None
+    except RecursionError:
+        raise ValueError('nested deeper than Python parses') from None
+    except ValueError as error:  # an integer of more digits than Python converts to an int
+        raise ValueError(str(error).split(':')[0][:120]) from None
+
+
+def resolve_inside(path: str | os.PathLike, root: str | os.PathLike, what: str,
+                   refuse: Callable[[str], Exception] | None = None) -> Path:
+    """``path`` with every symlink and ``..`` resolved, which must lie inside ``root`` (resolved likewise).
+
+    Args:
+        path: A path the project derived or took from a file, inside ``root`` by the format's promise.
+        root: The folder it must stay in.
+        what: What ``root`` is, for the error (``'the model folder'``).
+        refuse: Makes the exception to raise from a reason; by default a
+            :class:`~backbones.errors.UsageError` ``<path>: <reason>.``.
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        Exception: What ``refuse`` makes, when ``path`` resolves outside ``root`` or through a symlink loop.
+    """
+    refuse = refuse or _usage_error(path)
+    try:
+        resolved, folder = Path(path).resolve(), Path(root).resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python 3.11 and 3.12)
+        raise refuse(f'cannot resolve it ({error})') from None
+    if not resolved.is_relative_to(folder):
+        raise refuse(f'it resolves to {resolved}, outside {what} {folder}')
+    return resolved
