@@ -11,20 +11,46 @@ Each primitive bounds the work an input can cause and refuses what it cannot tak
   without blocking, checked on the descriptor), counted against a cap while read, never by its reported size;
   :func:`parse_json` for the JSON files among them; :func:`cap_from_environment` for caps users can raise.
 * :func:`resolve_inside`: a path resolved, links and ``..`` included, that must stay inside a given folder.
+* :func:`oversized_image` (:func:`declared_image_size`, :func:`too_many_pixels`): an image's pixel count, read
+  from its header before anything decodes it (for a GIF, the canvas that its screen and every frame span),
+  against a cap users can raise; the same cap for a video's frames.
 """
 import io
 import json
 import os
 import stat
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from PIL import Image
 
 from .errors import DatasetError, UsageError
 
 MAX_FILES_VARIABLE = 'CONVNEXT_DENSE_MAX_FILES'
 DEFAULT_MAX_FILES = 1_000_000
+
+
+def count_from_environment(variable: str, default: int, unit: str) -> int:
+    """A positive count from the environment variable ``variable``, or ``default`` if it is unset.
+
+    Args:
+        variable: The variable's name.
+        default: The count when it is unset or empty.
+        unit: What is counted, for the error (``'folder entries'``).
+
+    Raises:
+        UsageError: The variable is set to something other than a positive integer.
+    """
+    value = os.environ.get(variable, '').strip()
+    if not value:
+        return default
+    if not value.isdecimal() or len(value) > 18 or int(value) < 1:
+        raise UsageError(f'{variable}={value[:40]!r}: set it to a positive number of {unit} (default {default}), '
+                         'or unset it.')
+    return int(value)
 
 
 def max_files() -> int:
@@ -33,13 +59,7 @@ def max_files() -> int:
     Raises:
         UsageError: The variable is set to something other than a positive integer.
     """
-    value = os.environ.get(MAX_FILES_VARIABLE, '').strip()
-    if not value:
-        return DEFAULT_MAX_FILES
-    if not value.isdecimal() or int(value) < 1:
-        raise UsageError(f'{MAX_FILES_VARIABLE}={value!r}: set it to a positive number of folder entries '
-                         f'(default {DEFAULT_MAX_FILES}), or unset it.')
-    return int(value)
+    return count_from_environment(MAX_FILES_VARIABLE, DEFAULT_MAX_FILES, 'folder entries')
 
 
 def walk_files(root: str | os.PathLike, suffixes: Sequence[str] | None = None,
@@ -256,3 +276,135 @@ def resolve_inside(path: str | os.PathLike, root: str | os.PathLike, what: str,
     if not resolved.is_relative_to(folder):
         raise refuse(f'it resolves to {resolved}, outside {what} {folder}')
     return resolved
+
+
+# ---- Images: the pixel count declared in the header, before decoding ----
+
+PIXELS_VARIABLE = 'CONVNEXT_DENSE_MAX_IMAGE_PIXELS'
+DEFAULT_MAX_PIXELS = 100_000_000  # 10000 x 10000: 300 MB decoded as 8-bit BGR, 4x COCO's largest image
+GIF_SIGNATURES = (b'GIF87a', b'GIF89a')
+IMAGE_CAP_VARIABLE = 'CONVNEXT_DENSE_MAX_IMAGE_MB'
+DEFAULT_IMAGE_CAP_MB = 1024  # an image file's bytes (a 100-megapixel PNG without compression is 300 MB)
+
+
+def max_image_pixels() -> int:
+    """The cap on an image's pixels (width x height): ``$CONVNEXT_DENSE_MAX_IMAGE_PIXELS``, else 100,000,000.
+
+    Raises:
+        UsageError: The variable is set to something other than a positive integer.
+    """
+    return count_from_environment(PIXELS_VARIABLE, DEFAULT_MAX_PIXELS, 'pixels')
+
+
+def declared_image_size(source: bytes | str | os.PathLike) -> tuple[int, int] | None:
+    """The (width, height) that an image's header declares, read without decoding it; None when ``source`` is
+    not an image with a readable header (or, for a path, not a readable regular file).
+
+    Pillow parses the header (PNG, JPEG, GIF, TIFF, WebP, BMP, PPM/PGM and its other formats) without its own
+    decompression-bomb check, whose warning and limit would otherwise come before the project's cap. A GIF's
+    size is the canvas that its screen and every frame span (a frame can lie outside the screen, and decoders
+    allocate what the frames span), found by walking its blocks without decompressing them.
+
+    Args:
+        source: The image's bytes, or the path of a file (a FIFO or device is never opened blocking).
+    """
+    if isinstance(source, bytes):
+        return _declared_size(io.BytesIO(source))
+    try:
+        fd, _ = open_regular_file(source, 'an image', refuse=ValueError)
+    except (OSError, ValueError):
+        return None
+    with os.fdopen(fd, 'rb') as stream:
+        try:
+            return _declared_size(stream)
+        except OSError:
+            return None
+
+
+def too_many_pixels(size: tuple[int, int], max_pixels: int | None = None) -> str | None:
+    """Why an image or video frame of ``size`` (width, height) must not be decoded; None when it may be.
+
+    Args:
+        size: The width and height declared before decoding.
+        max_pixels: The cap; None reads :func:`max_image_pixels`.
+
+    Returns:
+        ``'it declares WxH pixels, over the cap of N (raise it with CONVNEXT_DENSE_MAX_IMAGE_PIXELS)'`` or None.
+
+    Raises:
+        UsageError: ``$CONVNEXT_DENSE_MAX_IMAGE_PIXELS`` is not a positive integer (only when ``max_pixels`` is None).
+    """
+    cap = max_image_pixels() if max_pixels is None else max_pixels
+    width, height = size
+    if width * height <= cap:
+        return None
+    return f'it declares {width}x{height} pixels, over the cap of {cap} (raise it with {PIXELS_VARIABLE})'
+
+
+def oversized_image(source: bytes | str | os.PathLike, max_pixels: int | None = None) -> str | None:
+    """Why the image ``source`` must not be decoded, from its header alone (:func:`declared_image_size`,
+    :func:`too_many_pixels`): over the pixel cap, or no readable image header; None when it may be decoded.
+
+    Raises:
+        UsageError: ``$CONVNEXT_DENSE_MAX_IMAGE_PIXELS`` is not a positive integer (only when ``max_pixels`` is None).
+    """
+    size = declared_image_size(source)
+    if size is None:
+        return 'it is not an image with a readable header'
+    return too_many_pixels(size, max_pixels)
+
+
+def _declared_size(stream: IO[bytes]) -> tuple[int, int] | None:
+    """The (width, height) an image's header declares (a GIF's whole canvas), None for no readable header."""
+    prefix = stream.read(16)
+    if prefix[:6] in GIF_SIGNATURES:
+        stream.seek(0)
+        return _gif_canvas(stream)
+    Image.init()
+    for name in Image.ID:  # the formats Pillow registered, in its own order of trying them
+        factory, accept = Image.OPEN[name]
+        try:
+            accepted = accept is None or accept(prefix)
+        except (struct.error, IndexError, ValueError):  # a prefix shorter than the format's signature
+            continue
+        if not accepted or isinstance(accepted, str):  # a string names a format Pillow cannot read
+            continue
+        stream.seek(0)
+        try:
+            image = factory(stream, '')
+        except (SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error, OSError):
+            continue  # Pillow's plugins refuse a header that is not theirs, or a broken one, with these
+        width, height = image.size
+        return (width, height) if width > 0 and height > 0 else None
+    return None
+
+
+def _gif_canvas(stream: IO[bytes]) -> tuple[int, int] | None:
+    """The width and height that a GIF's logical screen and all its frames span; None when it is broken.
+
+    Walks the block structure (extensions and image descriptors, each followed by length-prefixed
+    sub-blocks), seeking over the data, so the work is linear in the file and nothing is decompressed.
+    """
+    header = stream.read(13)
+    if len(header) < 13:
+        return None
+    width, height, flags = struct.unpack('<HHB', header[6:11])
+    if flags & 0x80:  # a global colour table
+        stream.seek(3 << ((flags & 7) + 1), os.SEEK_CUR)
+    while (introducer := stream.read(1)) not in (b'', b';'):
+        if introducer == b',':  # an image descriptor: left, top, width, height, flags
+            descriptor = stream.read(9)
+            if len(descriptor) < 9:
+                return None
+            left, top, frame_width, frame_height, frame_flags = struct.unpack('<HHHHB', descriptor)
+            width, height = max(width, left + frame_width), max(height, top + frame_height)
+            if frame_flags & 0x80:  # a local colour table
+                stream.seek(3 << ((frame_flags & 7) + 1), os.SEEK_CUR)
+            stream.read(1)  # the LZW minimum code size
+        elif introducer == b'!':  # an extension: its label, then sub-blocks
+            stream.read(1)
+        else:
+            return None
+        while (length := stream.read(1)) not in (b'', b'\x00'):
+            stream.seek(length[0], os.SEEK_CUR)
+    return (width, height) if width > 0 and height > 0 else None

@@ -10,6 +10,8 @@ import re
 import resource
 import shutil
 import signal
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -287,3 +289,19 @@ def within(seconds: int) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def png_declaring(width: int, height: int, bit_depth: int = 8, colour_type: int = 2) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` pixels (by default 8-bit RGB; ``16, 0``: 16-bit
+    grey), its data one empty row."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    header = struct.pack('>IIBBBBB', width, height, bit_depth, colour_type, 0, 0, 0)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b'\x00')) + chunk(b'IEND', b'')
+
+
+def gif_with_frame(screen: tuple[int, int], frame: tuple[int, int, int, int]) -> bytes:
+    """A GIF89a of logical screen ``screen`` (width, height) with one frame (left, top, width, height) whose image
+    data is a single empty sub-block: the frame may lie outside the screen, as decoders allow."""
+    return (b'GIF89a' + struct.pack('<HHBBB', *screen, 0, 0, 0) + b',' + struct.pack('<HHHHB', *frame, 0)
+            + b'\x02\x01\x00\x00;')

@@ -55,7 +55,16 @@ from mmengine.structures import BaseDataElement
 from mmengine.utils import ProgressBar
 from mmseg.apis import MMSegInferencer
 
-from backbones.boundary import resolve_inside, walk_files
+from backbones.boundary import (
+    DEFAULT_IMAGE_CAP_MB,
+    IMAGE_CAP_VARIABLE,
+    cap_from_environment,
+    declared_image_size,
+    read_regular_file,
+    resolve_inside,
+    too_many_pixels,
+    walk_files,
+)
 from backbones.checkpoints.loading import Checkpoint, load_model_weights
 from backbones.deploy.onnx_file import ExportedFile
 from backbones.errors import UsageError
@@ -132,12 +141,21 @@ def without_annotation_loading(pipeline: list) -> list:
     return kept
 
 
-def video_frames(path: Path) -> int:
-    """The number of frames OpenCV reports for ``path``; 0 if it cannot open it as a video."""
+def video_frames(path: Path) -> tuple[int, str | None]:
+    """The number of frames OpenCV reports for ``path`` (0 if it cannot open it as a video), and why its frames
+    must not be decoded (None when they may be): over the pixel cap, declared by an image header (a GIF: checked
+    before FFmpeg decodes its first frames to probe it) or by the video's frame size."""
+    declared = declared_image_size(path)
+    if declared is not None and (problem := too_many_pixels(declared)):
+        return 0, problem
     capture = cv2.VideoCapture(str(path))
-    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    frames, problem = 0, None
+    if capture.isOpened():
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        size = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        problem = too_many_pixels(size)
     capture.release()
-    return frames
+    return frames, problem
 
 
 def expand_input(spec: str) -> tuple[Path, list[Path], str]:
@@ -161,6 +179,29 @@ def expand_input(spec: str) -> tuple[Path, list[Path], str]:
     return root, files, problem
 
 
+def read_image(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """The BGR pixels of the image file ``path``, decoded as mmcv's ``LoadImageFromFile`` decodes, or None and why:
+    its bytes are read within ``$CONVNEXT_DENSE_MAX_IMAGE_MB``, and its header must declare no more pixels than
+    the cap (:func:`backbones.boundary.too_many_pixels`) before anything decodes it.
+
+    Raises:
+        UsageError: A cap's environment variable is not a positive number.
+    """
+    try:
+        content = read_regular_file(path, cap_from_environment(IMAGE_CAP_VARIABLE, DEFAULT_IMAGE_CAP_MB),
+                                    'an image', IMAGE_CAP_VARIABLE, refuse=ValueError)
+    except FileNotFoundError:
+        return None, 'it no longer exists'
+    except ValueError as error:
+        return None, str(error)
+    size = declared_image_size(content)
+    problem = 'not a readable image' if size is None else too_many_pixels(size)
+    if problem:
+        return None, problem
+    pixels = mmcv.imfrombytes(content)
+    return (None, 'not a readable image') if pixels is None else (pixels, None)
+
+
 def find_inputs(inputs: list[str]) -> tuple[list[InputFile], list[str]]:
     """The files that ``inputs`` name, in order and each once, and why each input that names none does not.
 
@@ -181,7 +222,10 @@ def find_inputs(inputs: list[str]) -> tuple[list[InputFile], list[str]]:
                 warn(f'skipping {path}: its outputs would overwrite those of {stems[stem]}')
                 continue
             stems[stem] = path
-            frames = 0 if path.suffix.lower() in IMG_EXTENSIONS else video_frames(path)
+            frames, oversized = (0, None) if path.suffix.lower() in IMG_EXTENSIONS else video_frames(path)
+            if oversized:
+                warn(f'skipping {path}: {oversized}')
+                continue
             files.append(InputFile(path, name, stem, frames))
     return files, unmatched
 
@@ -202,13 +246,9 @@ def read_images(files: list[InputFile], progress: ProgressBar) -> Iterator[Image
                 warn(f'{file.path} ended after {index} of the {file.frames} frames it reports: the rest cannot be read')
                 progress.update(file.frames - index)
             continue
-        content, problem = b'', 'not a readable image or video'
+        pixels, problem = None, 'not a readable image or video'
         if file.path.suffix.lower() in IMG_EXTENSIONS:
-            try:
-                content, problem = file.path.read_bytes(), 'not a readable image'
-            except OSError as error:
-                problem = f'cannot read it ({error.strerror})'
-        pixels = mmcv.imfrombytes(content) if content else None  # decoded as LoadImageFromFile does
+            pixels, problem = read_image(file.path)
         if pixels is None:
             warn(f'skipping {file.path}: {problem}')
             progress.update()

@@ -30,9 +30,12 @@ from PIL import Image
 from ..boundary import (
     DEFAULT_JSON_CAP_MB,
     JSON_CAP_VARIABLE,
+    PIXELS_VARIABLE,
     cap_from_environment,
+    declared_image_size,
     parse_json,
     read_regular_file,
+    too_many_pixels,
     walk_files,
 )
 from ..errors import DatasetError, DatasetNotFoundError
@@ -45,7 +48,8 @@ UNKNOWN_IMAGE = 'annotations of unknown images'
 UNKNOWN_CATEGORY = 'annotations of unknown categories'
 BAD_BOX = 'boxes of zero or negative size'
 OUTSIDE_BOX = 'boxes outside the image'
-BAD_POLYGON = 'polygons with fewer than 3 points'
+BAD_POLYGON = 'polygons with fewer than 3 points, or of values that are not finite numbers'
+BAD_RLE = "RLE segmentations whose size is not the image's [height, width] or whose counts are not a string or ints"
 EMPTY_MASK = 'annotations without a segmentation (missing or empty; the configs train masks)'
 MISSING_AREA = 'annotations without a numeric area (mmdet reads it)'
 MISSING_LABEL = 'label maps missing on disk'
@@ -53,13 +57,15 @@ BAD_LABEL_FORMAT = 'label maps that are not 8- or 16-bit single-channel PNGs'
 LABEL_SIZE = 'label maps whose size differs from the image'
 BAD_LABEL_VALUE = 'label maps with values that are neither a class nor the ignore value'
 LABEL_OVER_255 = 'label maps with values above 255 (read as 8-bit by mmseg, so they would wrap)'
+OVERSIZED_IMAGE = f'images or label maps whose header declares more pixels than {PIXELS_VARIABLE} allows (raise it)'
 
 KINDS = (MISSING_IMAGE, UNREADABLE_IMAGE, SIZE_MISMATCH, BAD_IMAGE_SIZE, UNKNOWN_IMAGE, UNKNOWN_CATEGORY,
-         BAD_BOX, OUTSIDE_BOX, BAD_POLYGON, EMPTY_MASK, MISSING_AREA, MISSING_LABEL, BAD_LABEL_FORMAT, LABEL_SIZE,
-         BAD_LABEL_VALUE, LABEL_OVER_255)
+         BAD_BOX, OUTSIDE_BOX, BAD_POLYGON, BAD_RLE, EMPTY_MASK, MISSING_AREA, MISSING_LABEL, BAD_LABEL_FORMAT,
+         LABEL_SIZE, BAD_LABEL_VALUE, LABEL_OVER_255, OVERSIZED_IMAGE)
 
 LABEL_MODES = ('L', 'P', 'I;16', 'I;16L', 'I;16B', 'I')
 BOX_TOLERANCE = 1.0
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_LISTED_VALUES = 8
 
 Problem = tuple[str, str]
@@ -340,9 +346,25 @@ def _annotation_problems(ann: dict, known_image: bool, sizes: dict[Any, tuple[fl
     segmentation = ann.get('segmentation')
     if not segmentation or isinstance(segmentation, list) and not any(segmentation):
         yield EMPTY_MASK
-    elif isinstance(segmentation, list) and any(
-            not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 for polygon in segmentation):
-        yield BAD_POLYGON
+    elif isinstance(segmentation, list):
+        if any(not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2
+               or not all(_is_number(value) for value in polygon) for polygon in segmentation):
+            yield BAD_POLYGON
+    elif not _is_rle(segmentation, sizes.get(ann['image_id']) if known_image else None):
+        yield BAD_RLE
+
+
+def _is_rle(segmentation: Any, image_size: tuple[float, float] | None) -> bool:
+    """Whether a COCO segmentation is an RLE that pycocotools decodes to the image's size: ``size`` is the image's
+    ``[height, width]`` (it sets what decoding allocates), ``counts`` a compressed string or a list of ints."""
+    if not isinstance(segmentation, dict) or image_size is None:
+        return False
+    size, counts = segmentation.get('size'), segmentation.get('counts')
+    width, height = image_size
+    return (isinstance(size, list) and len(size) == 2 and size == [height, width]
+            and (isinstance(counts, str) or isinstance(counts, list) and all(
+                isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= height * width
+                for count in counts)))
 
 
 def _annotation_name(ann: dict, index: int, file_name: str | None) -> str:
@@ -352,38 +374,51 @@ def _annotation_name(ann: dict, index: int, file_name: str | None) -> str:
 
 
 def _check_image(path: str, name: str, size: tuple[float, float] | None, decode: bool) -> list[Problem]:
-    """The problems of one image file: missing, or (when decoding) unreadable or of another size."""
+    """The problems of one image file: missing, without a readable header, over the pixel cap, of another size
+    than the annotation file's, or (when decoding) unreadable."""
     if not osp.isfile(path):
         return [(MISSING_IMAGE, name)]
-    if not decode:
-        return []
-    decoded = _decoded_size(path)
-    if decoded is None:
+    declared, problems = _checked_header(path, name, UNREADABLE_IMAGE)
+    if problems:
+        return problems
+    if size is not None and declared != tuple(size):  # masks are made at the file's size: compared without decoding
+        return [(SIZE_MISMATCH, f'{name} ({declared[0]}x{declared[1]} on disk, {size[0]}x{size[1]} in the file)')]
+    if decode and _decoded_size(path) != declared:
         return [(UNREADABLE_IMAGE, name)]
-    if size is not None and decoded != tuple(size):
-        return [(SIZE_MISMATCH, f'{name} ({decoded[0]}x{decoded[1]} on disk, {size[0]}x{size[1]} in the file)')]
     return []
 
 
 def _check_pair(stem: str, img_suffix: str, seg_map_suffix: str, image_dir: str, label_dir: str, decode: bool,
                 read_label: bool, valid: '_LabelValues') -> list[Problem]:
-    """The problems of one image and its label map."""
+    """The problems of one image and its label map; each file's header is read (and its pixels capped)
+    before anything decodes it."""
     image_name, label_name = stem + img_suffix, stem + seg_map_suffix
-    problems: list[Problem] = []
-    if decode:
+    image_size, problems = _checked_header(osp.join(image_dir, image_name), image_name, UNREADABLE_IMAGE)
+    if decode and not problems:
         image_size = _decoded_size(osp.join(image_dir, image_name))
         if image_size is None:
             problems.append((UNREADABLE_IMAGE, image_name))
-    elif read_label:
-        image_size = _header_size(osp.join(image_dir, image_name))
-    else:
-        image_size = None
     label_path = osp.join(label_dir, label_name)
     if not osp.isfile(label_path):
         problems.append((MISSING_LABEL, label_name))
+        return problems
+    _, label_problems = _checked_header(label_path, label_name, BAD_LABEL_FORMAT)
+    if label_problems:
+        problems.extend(label_problems)
     elif read_label:
         problems.extend(_check_label(label_path, label_name, image_size, valid))
     return problems
+
+
+def _checked_header(path: str, name: str, unreadable: str) -> tuple[tuple[int, int] | None, list[Problem]]:
+    """The size an image's header declares, and its problems: ``unreadable`` without a readable header,
+    :data:`OVERSIZED_IMAGE` over the pixel cap (:func:`~backbones.boundary.too_many_pixels`)."""
+    size = declared_image_size(path)
+    if size is None:
+        return None, [(unreadable, f'{name} (unreadable)' if unreadable == BAD_LABEL_FORMAT else name)]
+    if too_many_pixels(size):
+        return None, [(OVERSIZED_IMAGE, f'{name} ({size[0]}x{size[1]})')]
+    return size, []
 
 
 class _LabelValues:
@@ -438,15 +473,6 @@ def _decoded_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-def _header_size(path: str) -> tuple[int, int] | None:
-    """The size in an image's header, or ``None`` when it has no readable header."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception:  # Pillow raises many types on bad files
-        return None
-
-
 def _in_threads(func: Callable[..., T], calls: Sequence[tuple], workers: int, progress: Progress | None) -> list[T]:
     """``func(*args)`` for each of ``calls`` on ``workers`` threads, in chunks, in the order of ``calls``."""
     chunk = max(1, min(256, math.ceil(len(calls) / (workers * 4))))
@@ -470,8 +496,10 @@ def _non_empty(found: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 def _is_number(value: Any) -> bool:
-    """Whether a JSON value is a number (not a boolean)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether a JSON value is a number (not a boolean) that mmdet can take: finite and within float32's range
+    (mmdet converts boxes to float32 arrays; Python's JSON reads ``1e400`` as infinity and ``NaN`` as NaN, and
+    an integer of thousands of digits overflows the conversion)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < FLOAT32_MAX
 
 
 def _is_key(value: Any) -> bool:

@@ -5,8 +5,9 @@ recipe under this project's scope, ``convnext_dense.RandomResizedCrop`` and
 ``convnext_dense.PackImageInputs`` (their names are generic: in the root registry they would be the
 silent fallback of every scope); flipping is mmcv's ``mmcv.RandomFlip``.
 
-An image that cannot be decoded is skipped with one warning line naming it (once per file and
-process), and another image is drawn in its place: one damaged file in a large crawl should not end a
+An image that cannot be decoded, or whose header declares more pixels than the cap
+(:func:`backbones.boundary.too_many_pixels`, read before decoding), is skipped with one warning line naming it
+(once per file and process), and another image is drawn in its place: one damaged file in a large crawl should not end a
 long run. A folder without any images, or whose images all fail to decode, is a one-line error.
 """
 import os.path as osp
@@ -23,7 +24,7 @@ from mmengine.registry import DATASETS, Registry
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from torchvision.transforms import InterpolationMode, v2
 
-from ..boundary import walk_files
+from ..boundary import declared_image_size, too_many_pixels, walk_files
 from ..errors import DatasetNotFoundError
 
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='convnext_dense')
@@ -70,11 +71,17 @@ class ImageFolderDataset(BaseDataset):
         be decoded."""
         results = self.get_data_info(idx)
         path = results['img_path']
-        image = mmcv.imread(path, flag='color') if path not in self._unreadable else None
+        image, oversized = None, None
+        if path not in self._unreadable:
+            size = declared_image_size(path)
+            oversized = too_many_pixels(size) if size is not None else None
+            if size is not None and oversized is None:  # a readable header within the pixel cap
+                image = mmcv.imread(path, flag='color')
         if image is None:
             if path not in self._unreadable:
                 self._unreadable.add(path)
-                print_log(f'Skipping an image that cannot be decoded: {path}', logger='current', level=WARNING)
+                print_log(f'Skipping an image: {path}: {oversized}' if oversized else
+                          f'Skipping an image that cannot be decoded: {path}', logger='current', level=WARNING)
                 if len(self._unreadable) == len(self):
                     raise DatasetNotFoundError(f'None of the {len(self)} images under {self.data_root} can be '
                                                'decoded.')

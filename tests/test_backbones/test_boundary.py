@@ -1,21 +1,28 @@
 """backbones/boundary.py: the bounded primitives every outside input passes."""
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from backbones.boundary import (
+    DEFAULT_MAX_PIXELS,
     MAX_FILES_VARIABLE,
+    PIXELS_VARIABLE,
     cap_from_environment,
+    declared_image_size,
+    oversized_image,
     parse_json,
     read_regular_file,
     resolve_inside,
+    too_many_pixels,
     walk_files,
 )
 from backbones.errors import DatasetError, UsageError
-from tests.helpers import within
+from tests.helpers import gif_with_frame, limit_address_space, png_declaring, within
 
 HOSTILE_SECONDS = 10  # a hostile case that takes longer has hung: the test fails instead of the run
 
@@ -171,3 +178,67 @@ def test_resolve_inside_follows_links_and_dots_and_keeps_paths_in_their_folder(t
         with pytest.raises(UsageError) as error:
             resolve_inside(path, root, 'the folder')
         assert str(error.value) == f'{path}: it resolves to {resolved}, outside the folder {root}.'
+
+
+# ---- declared_image_size, too_many_pixels, oversized_image ----
+
+def encoded(image_format: str, size: tuple[int, int]) -> bytes:
+    stream = io.BytesIO()
+    Image.new('RGB', size).save(stream, image_format)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize('image_format', ['PNG', 'JPEG', 'GIF', 'TIFF', 'WEBP', 'BMP', 'PPM'])
+def test_the_declared_size_is_read_from_the_header_of_every_format_a_dataset_holds(image_format, tmp_path) -> None:
+    data = encoded(image_format, (37, 21))
+    (tmp_path / 'image').write_bytes(data)
+    assert declared_image_size(data) == declared_image_size(tmp_path / 'image') == (37, 21)
+    assert oversized_image(data) is None
+    assert oversized_image(data, max_pixels=37 * 21 - 1) == (
+        f'it declares 37x21 pixels, over the cap of {37 * 21 - 1} (raise it with {PIXELS_VARIABLE})')
+
+
+def test_a_gif_frame_outside_its_screen_counts_with_the_frames_extent() -> None:
+    assert declared_image_size(gif_with_frame((10, 10), (0, 0, 4, 4))) == (10, 10)
+    assert declared_image_size(gif_with_frame((10, 10), (15990, 3, 10, 16000))) == (16000, 16003)
+    assert oversized_image(gif_with_frame((10, 10), (0, 0, 16000, 16000))).startswith('it declares 16000x16000 pixels')
+
+
+@pytest.mark.parametrize('source', [b'', b'x', b'GIF89a', b'\x89PNG\r\n\x1a\n' + bytes(30), 'missing', 'fifo',
+                                    '/dev/zero', 'folder'])
+def test_no_readable_header_is_no_size_without_blocking(source, tmp_path) -> None:
+    if source in ('missing', 'fifo', 'folder'):
+        path = tmp_path / source
+        if source == 'fifo':
+            os.mkfifo(path)  # opening it blocking would wait for a writer
+        elif source == 'folder':
+            path.mkdir()
+        source = path
+    with within(HOSTILE_SECONDS):
+        assert declared_image_size(source) is None
+        assert oversized_image(source) == 'it is not an image with a readable header'
+
+
+def test_huge_declared_images_are_refused_before_decoding_in_bounded_memory(tmp_path) -> None:
+    """A 30000x30000 PNG and a 16000x16000 GIF of a few bytes each: decoded, gigabytes. The header check
+    refuses them under 6 GiB of address space (torch and PIL imported) in milliseconds."""
+    (tmp_path / 'big.png').write_bytes(png_declaring(30000, 30000))
+    (tmp_path / 'big.gif').write_bytes(gif_with_frame((10, 10), (0, 0, 16000, 16000)))
+    script = ('import sys; from backbones.boundary import oversized_image\n'
+              'for path in sys.argv[1:]: print(oversized_image(path))')
+    result = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'big.png'), str(tmp_path / 'big.gif')],
+                            capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=os.getcwd()),
+                            preexec_fn=limit_address_space(6 << 30))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        f'it declares 30000x30000 pixels, over the cap of {DEFAULT_MAX_PIXELS} (raise it with {PIXELS_VARIABLE})',
+        f'it declares 16000x16000 pixels, over the cap of {DEFAULT_MAX_PIXELS} (raise it with {PIXELS_VARIABLE})']
+
+
+def test_the_pixel_cap_is_set_by_its_variable(monkeypatch) -> None:
+    assert too_many_pixels((10000, 10000)) is None and too_many_pixels((10000, 10001)) is not None
+    monkeypatch.setenv(PIXELS_VARIABLE, '1000000000')
+    assert too_many_pixels((30000, 30000)) is None
+    monkeypatch.setenv(PIXELS_VARIABLE, '-5')
+    with pytest.raises(UsageError, match=f"^{PIXELS_VARIABLE}='-5': set it to a positive number of pixels"):
+        too_many_pixels((1, 1))

@@ -22,7 +22,7 @@ from mmseg.apis import inference_model, init_model
 
 from backbones.runtime.config import enable_tta
 from backbones.runtime.demo_data import ensure_demo_data
-from tests.helpers import within
+from tests.helpers import gif_with_frame, limit_address_space, png_declaring, within
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONPATH=str(ROOT))  # this checkout's backbones, not an installed one
@@ -207,6 +207,45 @@ def test_a_folder_input_finds_images_in_any_case_through_links_once_and_no_fifo(
     assert [file.name for file in files] == ['a.Jpg', 'linked/c.jpg', 'sub/b.png']
     assert unmatched == [f'{tmp_path}/*.jpg: no file matches it',
                          f'{tmp_path}/alone.jpg: not a regular file (a FIFO, socket or device)']
+
+
+def test_images_and_gifs_over_the_pixel_cap_are_skipped_before_decoding_in_bounded_memory(demo, tmp_path) -> None:
+    """A 30000x30000 PNG (2.7 GB decoded) and a GIF whose frame spans 16000x16000 (FFmpeg probes it by decoding
+    a frame: 1 GB): each is one warning line from its header, and the good image is still processed, under 6 GiB
+    of address space."""
+    inputs = tmp_path / 'in'
+    inputs.mkdir()
+    shutil.copyfile(demo / 'images' / 'val_00000.jpg', inputs / 'good.jpg')
+    (inputs / 'big.png').write_bytes(png_declaring(30000, 30000))
+    (tmp_path / 'wide.gif').write_bytes(gif_with_frame((10, 10), (0, 0, 16000, 16000)))
+    result = subprocess.run([sys.executable, 'tools/infer.py', SEG_CONFIG, str(demo / 'seg.pth'), str(inputs),
+                             str(tmp_path / 'wide.gif'), '--out', str(tmp_path / 'out'), '--device', 'cpu', *FP32],
+                            capture_output=True, text=True, env=ENV, timeout=300,
+                            preexec_fn=limit_address_space(6 << 30))
+    assert result.returncode == 0, result.stderr[-3000:]
+    cap = 'over the cap of 100000000 (raise it with CONVNEXT_DENSE_MAX_IMAGE_PIXELS)'
+    assert warning_lines(result) == [
+        f'warning: skipping {tmp_path / "wide.gif"}: it declares 16000x16000 pixels, {cap}',
+        f'warning: skipping {inputs / "big.png"}: it declares 30000x30000 pixels, {cap}']
+    assert sorted(path.name for path in (tmp_path / 'out' / 'labels').iterdir()) == ['good.png']
+
+
+def test_a_video_whose_frames_are_over_the_pixel_cap_is_refused_before_its_frames_are_read(demo, monkeypatch) -> None:
+    video_frames = runpy.run_path('tools/infer.py')['video_frames']
+    assert video_frames(demo / 'clip.avi') == (3, None)
+    monkeypatch.setenv('CONVNEXT_DENSE_MAX_IMAGE_PIXELS', str(SIZE * SIZE - 1))
+    assert video_frames(demo / 'clip.avi') == (
+        3, f'it declares {SIZE}x{SIZE} pixels, over the cap of {SIZE * SIZE - 1} (raise it with '
+        'CONVNEXT_DENSE_MAX_IMAGE_PIXELS)')
+
+
+def test_an_image_file_over_the_byte_cap_is_skipped_unread(demo, monkeypatch) -> None:
+    read_image = runpy.run_path('tools/infer.py')['read_image']
+    pixels, problem = read_image(demo / 'images' / 'val_00000.jpg')
+    assert pixels.shape == (SIZE, SIZE, 3) and problem is None
+    monkeypatch.setenv('CONVNEXT_DENSE_MAX_IMAGE_MB', '0.001')
+    assert read_image(demo / 'images' / 'val_00000.jpg') == (
+        None, 'it has more than 1048 bytes, the cap for an image; raise it with CONVNEXT_DENSE_MAX_IMAGE_MB')
 
 
 def test_onnx_runtime_backend_writes_what_the_pytorch_backend_writes(demo, tmp_path, monkeypatch) -> None:

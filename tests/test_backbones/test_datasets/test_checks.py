@@ -1,8 +1,11 @@
 """backbones/datasets/checks.py: every bad item of a COCO or label-map dataset, by kind of problem."""
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import unittest.mock
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from backbones.boundary import PIXELS_VARIABLE
 from backbones.datasets import checks
 from backbones.datasets.checks import DatasetError, check_coco, check_label_maps, read_json
 from backbones.errors import DatasetNotFoundError, UsageError
+from tests.helpers import png_declaring
 
 SIZE = 16
 
@@ -27,6 +32,18 @@ def write_label(path: Path, values: np.ndarray | int, size: tuple[int, int] = (S
                 dtype: type = np.uint8) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.broadcast_to(np.asarray(values, dtype), (size[1], size[0])).copy()).save(path)
+
+
+@contextlib.contextmanager
+def monkeypatch_decoding(decoded: list[str]) -> Iterator[None]:
+    """Record the name of every file Pillow loads (decodes) in the block."""
+    load = ImageFile.ImageFile.load
+
+    def recorded(image: ImageFile.ImageFile) -> Any:
+        decoded.append(Path(getattr(image.fp, 'name', '?')).name)
+        return load(image)
+    with unittest.mock.patch.object(ImageFile.ImageFile, 'load', recorded):
+        yield
 
 
 def truncate(path: Path) -> None:
@@ -96,13 +113,30 @@ def test_missing_images_are_named_by_file_name(tmp_path) -> None:
 
 
 @pytest.mark.parametrize('how', ['text', 'truncated'])
-def test_text_and_truncated_jpegs_are_unreadable_only_when_images_are_opened(tmp_path, how: str) -> None:
+def test_text_and_truncated_jpegs_are_unreadable_by_their_header_without_opening_images(tmp_path, how: str) -> None:
     ann_file, image_root = coco_set(tmp_path)
     damage(tmp_path / 'images' / 'sub' / 'b.jpg', how)
     report = check_coco(ann_file, image_root, 'train', open_images=True, workers=2)
     assert report.problems == {checks.UNREADABLE_IMAGE: ['sub/b.jpg']}
     assert report.bad_images == {'sub/b.jpg'}
-    assert check_coco(ann_file, image_root, 'train', open_images=False).ok()
+    # Without decoding, the header is read: a 16x16 JPEG's first half ends before its frame header.
+    assert check_coco(ann_file, image_root, 'train', open_images=False).problems == report.problems
+
+
+@pytest.mark.parametrize('open_images', [False, True])
+def test_images_over_the_pixel_cap_are_refused_by_their_header_before_decoding(tmp_path, open_images) -> None:
+    """A 30000x30000 PNG of a hundred bytes decodes to 2.7 GB: every image's header is read, never decoded
+    past the cap, with or without opening images; --skip-bad leaves it out."""
+    ann_file, image_root = coco_set(tmp_path, images=[image_entry(1, 'a.jpg'), image_entry(2, 'big.png', 30000, 30000),
+                                                      image_entry(3, 'c.jpg')])
+    (tmp_path / 'images' / 'big.png').write_bytes(png_declaring(30000, 30000))
+    decoded = []
+    with monkeypatch_decoding(decoded):
+        report = check_coco(ann_file, image_root, 'train', open_images=open_images, workers=2)
+    assert report.problems == {checks.OVERSIZED_IMAGE: ['big.png (30000x30000)']}
+    assert report.bad_images == {'big.png'}
+    assert 'big.png' not in decoded and ('a.jpg' in decoded) == open_images  # the others are decoded when opened
+    assert report.lines()[1].endswith(f'1 {checks.OVERSIZED_IMAGE}, e.g. big.png (30000x30000)')
 
 
 def test_images_are_decoded_under_pillows_setting_which_the_check_leaves_alone(tmp_path, monkeypatch) -> None:
@@ -121,12 +155,12 @@ def test_images_are_decoded_under_pillows_setting_which_the_check_leaves_alone(t
     assert seen == [True] * 3
 
 
-def test_an_image_of_another_size_than_the_file_says_when_images_are_opened(tmp_path) -> None:
+@pytest.mark.parametrize('open_images', [False, True])
+def test_an_image_of_another_size_than_the_file_says_by_its_header(tmp_path, open_images: bool) -> None:
     images = [image_entry(1, 'a.jpg', width=20), image_entry(2, 'sub/b.jpg'), image_entry(3, 'c.jpg')]
-    report = check(tmp_path, images=images, open_images=True)
+    report = check(tmp_path, images=images, open_images=open_images)
     assert report.problems == {checks.SIZE_MISMATCH: ['a.jpg (16x16 on disk, 20x16 in the file)']}
     assert report.bad_images == {'a.jpg'}
-    assert check(tmp_path, images=images, open_images=False).ok()
 
 
 def test_images_without_a_positive_width_and_height(tmp_path) -> None:
@@ -151,7 +185,8 @@ def test_annotations_of_unknown_categories(tmp_path) -> None:
     assert report.bad_images == {'sub/b.jpg'}
 
 
-@pytest.mark.parametrize('box', [None, [1, 2, 3], [0, 0, 0, 5], [0, 0, 5, -1], ['0', 0, 5, 5], [0, 0, True, 5]])
+@pytest.mark.parametrize('box', [None, [1, 2, 3], [0, 0, 0, 5], [0, 0, 5, -1], ['0', 0, 5, 5], [0, 0, True, 5],
+                                 [0, 0, float('inf'), 5], [0, 0, 5, float('nan')], [0, 0, 10**400, 5], [[0], 0, 5, 5]])
 def test_boxes_that_are_missing_malformed_or_of_no_size(tmp_path, box: list | None) -> None:
     bad = box_ann(2, 2, bbox=box)
     if box is None:
@@ -173,6 +208,46 @@ def test_polygons_of_fewer_than_three_points_or_odd_coordinates(tmp_path) -> Non
                                           box_ann(2, 2, segmentation=[[2, 2, 10, 2, 10, 10], [1, 2, 3, 4, 5, 6, 7]]),
                                           box_ann(3, 2)])
     assert report.problems == {checks.BAD_POLYGON: ['ann id 1 (image a.jpg)', 'ann id 2 (image sub/b.jpg)']}
+
+
+def test_polygons_of_values_that_are_not_finite_numbers_within_float32(tmp_path) -> None:
+    """Python's JSON reads 1e400 as infinity and NaN as NaN; a 400-digit integer overflows mmdet's float32 arrays."""
+    polygon = [2, 2, 10, 2, 10, 10]
+    report = check(tmp_path, annotations=[box_ann(1, 1, segmentation=[polygon[:5] + [float('nan')]]),
+                                          box_ann(2, 2, segmentation=[polygon[:5] + [10**400]]),
+                                          box_ann(3, 3, segmentation=[polygon[:5] + [[[10]]]]),
+                                          box_ann(4, 3, area=float('inf'))])
+    assert report.problems == {checks.BAD_POLYGON: ['ann id 1 (image a.jpg)', 'ann id 2 (image sub/b.jpg)',
+                                                    'ann id 3 (image c.jpg)'],
+                               checks.MISSING_AREA: ['ann id 4 (image c.jpg)']}
+
+
+def test_nan_huge_and_nested_numbers_in_the_json_text_are_bad_items_not_tracebacks(tmp_path) -> None:
+    """The same through the file: the text holds what Python's JSON module reads as infinity, NaN and a 400-digit
+    integer, and a nested list where a width belongs."""
+    ann_file, image_root = coco_set(tmp_path)
+    text = Path(ann_file).read_text()
+    data = json.loads(text)
+    data['annotations'][0]['bbox'] = ['INF', 0, 5, 5]
+    data['annotations'][1]['bbox'] = [0, 0, 'NAN', 5]
+    data['annotations'][2]['area'] = 'BIG'
+    data['images'][2]['width'] = [[16]]
+    text = json.dumps(data).replace('"INF"', '1e400').replace('"NAN"', 'NaN').replace('"BIG"', '9' * 400)
+    Path(ann_file).write_text(text)
+    report = check_coco(ann_file, image_root, 'train', open_images=False, workers=2)
+    assert report.problems == {checks.BAD_IMAGE_SIZE: ['c.jpg'],
+                               checks.BAD_BOX: ['ann id 1 (image a.jpg)', 'ann id 2 (image sub/b.jpg)'],
+                               checks.MISSING_AREA: ['ann id 3 (image sub/b.jpg)']}
+
+
+@pytest.mark.parametrize('rle', [dict(counts='PPYo0', size=[100000, 100000]), dict(counts='PPYo0', size=[SIZE]),
+                                 dict(counts=[1, 2.5], size=[SIZE, SIZE]), dict(counts={'a': 1}, size=[SIZE, SIZE]),
+                                 dict(counts=[-1], size=[SIZE, SIZE]), dict(size=[SIZE, SIZE]), 'PPYo0'])
+def test_rle_segmentations_must_have_the_images_size_and_counts_pycocotools_reads(tmp_path, rle: Any) -> None:
+    """pycocotools allocates height x width bytes from an RLE's size: 10 GB for [100000, 100000]."""
+    report = check(tmp_path, annotations=[box_ann(1, 1, iscrowd=1, segmentation=rle), box_ann(2, 2)])
+    assert report.problems == {checks.BAD_RLE: ['ann id 1 (image a.jpg)']}
+    assert report.bad_images == {'a.jpg'}
 
 
 def test_empty_or_missing_segmentations_but_not_rle_crowds(tmp_path) -> None:
@@ -420,13 +495,27 @@ def test_16_bit_label_maps_with_small_valid_values_are_fine(tmp_path) -> None:
 
 
 @pytest.mark.parametrize('how', ['text', 'truncated'])
-def test_unreadable_images_of_a_label_map_set_only_when_images_are_opened(tmp_path, how: str) -> None:
+def test_unreadable_images_of_a_label_map_set_also_by_their_header_alone(tmp_path, how: str) -> None:
     image_dir, label_dir = seg_set(tmp_path)
     damage(tmp_path / 'images' / 'sub' / 'b.jpg', how)
     report = check_seg(image_dir, label_dir)
     assert report.problems == {checks.UNREADABLE_IMAGE: ['sub/b.jpg']}
     assert report.bad_images == {'sub/b'}
-    assert check_seg(image_dir, label_dir, open_images=False).ok()
+    assert check_seg(image_dir, label_dir, open_images=False).problems == report.problems  # the header is cut too
+
+
+def test_images_and_16_bit_label_maps_over_the_pixel_cap_are_refused_before_decoding(tmp_path, monkeypatch) -> None:
+    """A 13000x13000 16-bit label map decodes to 338 MB, and the check decodes every label map it reads."""
+    image_dir, label_dir = seg_set(tmp_path)
+    (tmp_path / 'images' / 'a.jpg').write_bytes(png_declaring(30000, 30000))  # a PNG under .jpg: the header decides
+    (tmp_path / 'labels' / 'sub' / 'b.png').write_bytes(png_declaring(13000, 13000, bit_depth=16, colour_type=0))
+    monkeypatch.setenv(PIXELS_VARIABLE, str(13000 * 13000 - 1))
+    decoded = []
+    with monkeypatch_decoding(decoded):
+        report = check_seg(image_dir, label_dir)
+    assert report.problems == {checks.OVERSIZED_IMAGE: ['a.jpg (30000x30000)', 'sub/b.png (13000x13000)']}
+    assert report.bad_images == {'a', 'sub/b'}
+    assert not {'a.jpg', 'b.png'} & set(decoded) and {'a.png', 'b.jpg'} <= set(decoded)  # each pair's other file
 
 
 def test_without_opening_images_a_sample_of_label_maps_is_read_but_all_must_exist(tmp_path) -> None:

@@ -10,7 +10,7 @@ from mmengine.registry import DATASETS, TRANSFORMS
 
 import backbones  # noqa: F401  registers the dataset and the transforms
 from backbones.errors import DatasetNotFoundError
-from tests.helpers import within
+from tests.helpers import png_declaring, within
 
 PIPELINE = [dict(type='convnext_dense.RandomResizedCrop', size=16, scale=(0.5, 1.0)),
             dict(type='convnext_dense.PackImageInputs')]
@@ -75,6 +75,19 @@ def test_an_undecodable_image_is_skipped_with_one_warning_and_another_is_drawn(t
     warnings = [line for line in capsys.readouterr().out.splitlines() if 'cannot be decoded' in line]
     assert len(warnings) == 1  # once per file, however often it is drawn
     assert warnings[0].endswith(f'WARNING - Skipping an image that cannot be decoded: {tmp_path}/broken.jpg')
+
+
+def test_an_image_over_the_pixel_cap_is_skipped_by_its_header_without_decoding(tmp_path, capsys) -> None:
+    write_image(tmp_path / 'good.png', (255, 0, 0))
+    (tmp_path / 'big.png').write_bytes(png_declaring(30000, 30000))  # 2.7 GB decoded
+    dataset = folder_dataset(tmp_path)
+    with within(20):
+        items = [dataset[0] for _ in range(2)]  # index 0 is big.png (sorted first)
+    assert all(item['inputs'][:, 0, 0].tolist() == [255, 0, 0] for item in items)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if 'Skipping' in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f'Skipping an image: {tmp_path}/big.png: it declares 30000x30000 pixels, over the cap of 100000000 (raise it '
+        'with CONVNEXT_DENSE_MAX_IMAGE_PIXELS)')
 
 
 def test_no_decodable_image_is_one_error(tmp_path) -> None:
