@@ -35,10 +35,10 @@ from backbones.checkpoints.layouts import DENSE_PARTS, model_layout
 from backbones.checkpoints.layouts.transformers import CONFIG_NAME
 from backbones.checkpoints.layouts.transformers import from_ours as write_transformers_folder
 from backbones.checkpoints.loading import Checkpoint, open_checkpoint
-from backbones.checkpoints.writing import write_atomic
+from backbones.checkpoints.writing import separate_tensors, write_atomic
+from backbones.class_meta import checkpoint_class_meta
 from backbones.errors import UsageError
 from backbones.runtime import cli
-from backbones.runtime.class_meta import checkpoint_class_meta
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,12 +117,11 @@ def main() -> None:
     keep_dense_parts = bool(weights.other) and not args.backbone_only  # a whole model: keep its neck and heads
     converted = model_layout(weights, args.backbone_only)
     meta = dict(source=args.input, source_format=weights.source_format)
-    converted = {key: value.contiguous() for key, value in converted.items()}
     if args.output.endswith('.safetensors'):
-        data = safetensors.torch.save(converted, metadata=meta)
+        data = safetensors.torch.save(separate_tensors(converted), metadata=meta)
     else:
         buffer = io.BytesIO()
-        torch.save({'state_dict': converted, 'meta': meta}, buffer)
+        torch.save({'state_dict': {key: value.contiguous() for key, value in converted.items()}, 'meta': meta}, buffer)
         data = buffer.getvalue()
     with writing(args.output):
         write_atomic(args.output, data)

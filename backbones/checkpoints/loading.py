@@ -42,6 +42,9 @@ from .layouts import (
 from .reader import map_tensors, read_checkpoint_file
 
 URL_SCHEMES = ('http://', 'https://')
+# How many bytes a state dict's tensors may view beyond what their storages hold (the same storage under several
+# keys: tied weights), at least: every conversion copies each key, so repeated views are what it can multiply.
+MIN_REPEATED_VIEW_BYTES = 64 << 20
 # The heads' output layers whose shapes follow the number of classes: Mask R-CNN's and Cascade's box
 # classifiers and class-specific box regressors, the mask head's logits, UperNet's decode and auxiliary heads.
 CLASS_LAYER = re.compile(r'(^|\.)(bbox_head(\.\d+)?\.(fc_cls|fc_reg)|mask_head(\.\d+)?\.conv_logits|'
@@ -101,9 +104,12 @@ class Checkpoint:
         """The tensors, as stored (``state_dict``, ``model`` or the checkpoint itself).
 
         Raises:
-            CheckpointError: The checkpoint holds no dict of tensors.
+            CheckpointError: The checkpoint holds no dict of tensors, or tensors that view its storages again and
+                again (:func:`check_repeated_views`).
         """
-        return unwrap_state_dict(self.contents)
+        state_dict = unwrap_state_dict(self.contents)
+        check_repeated_views(state_dict, self.source)
+        return state_dict
 
     @functools.cached_property
     def weights(self) -> ConvertedWeights:
@@ -139,6 +145,31 @@ class Checkpoint:
         if weights.source_format in OUR_LAYOUTS:
             return self.contents
         return {'state_dict': model_layout(weights), 'meta': {**self.meta, 'converted_from': weights.source_format}}
+
+
+def check_repeated_views(state_dict: StateDict, source: str) -> None:
+    """Refuse a state dict whose tensors view more than twice the bytes their storages hold (and more than
+    :data:`MIN_REPEATED_VIEW_BYTES` beyond them).
+
+    A file can store one storage once and name a view of it (a transposed one, which ``.contiguous()`` and
+    ``.reshape()`` copy) under thousands of keys; each layout conversion, and each writer, works key by key and
+    would make each key a copy of its own: gigabytes from a file of megabytes. With this bound what a conversion
+    makes stays within a small multiple of the file, while tied weights (a tensor under two keys) still load.
+
+    Raises:
+        CheckpointError: The sizes, in one line naming ``source``.
+    """
+    storages: dict[int, int] = {}  # the storages alive, by address: their sizes
+    viewed = 0
+    for value in state_dict.values():
+        storage = value.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        viewed += value.numel() * value.element_size()
+    held = sum(storages.values())
+    if viewed - held > max(held, MIN_REPEATED_VIEW_BYTES):
+        raise CheckpointError(f'Cannot use {source}: its {len(state_dict)} tensors view {viewed} bytes of storages '
+                              f'that hold {held}: the same storage under many keys, each of which a conversion '
+                              'would copy (at most twice the bytes held may be viewed). Use another checkpoint.')
 
 
 def open_checkpoint(source: 'str | Checkpoint') -> Checkpoint:

@@ -27,6 +27,7 @@ Malformed or refused input raises :class:`PickleDataError`, a ``ValueError`` wit
 """
 import _compat_pickle
 import codecs
+import itertools
 import math
 import re
 import struct
@@ -144,10 +145,40 @@ def _plain_dtype(value: Any) -> np.dtype:
     return dtype
 
 
+def describe(value: Any, limit: int = 80) -> str:
+    """A short description of ``value`` for an error, made without walking into it.
+
+    A value from a file can nest deeper than Python's recursion limit (TUPLE1 needs no MARK) or hold a
+    container shared at 2**64 places, so ``str`` of it raises RecursionError or never ends; here a list,
+    tuple or dict shows its first items one level down, each nested container by its type and length.
+
+    Args:
+        value: What the file gave.
+        limit: The most characters returned.
+    """
+    def short(item: Any) -> str:
+        if type(item) in (list, tuple, dict):
+            return f'<{type(item).__name__} of {len(item)}>'
+        if type(item) in (str, bytes):
+            return repr(item[:limit])
+        if item is None or type(item) in (bool, int, float) or isinstance(item, (Global, Record)):
+            return repr(item)[:limit]
+        return f'<{type(item).__name__}>'
+    if type(value) not in (list, tuple, dict):
+        return short(value)[:limit]
+    if type(value) is dict:
+        shown = [f'{short(key)}: {short(item)}' for key, item in itertools.islice(value.items(), 8)]
+    else:
+        shown = [short(item) for item in value[:8]]
+    brackets = {list: '[]', tuple: '()', dict: '{}'}[type(value)]
+    text = f'{brackets[0]}{", ".join(shown)}{", ..." if len(value) > 8 else ""}{brackets[1]}'
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
 def _check_shape(shape: Any) -> tuple[int, ...]:
     if not (isinstance(shape, tuple) and len(shape) <= 32
             and all(type(size) is int and 0 <= size < 2**62 for size in shape)):
-        raise PickleDataError(f'a shape that is not a tuple of at most 32 sizes: {str(shape)[:60]}')
+        raise PickleDataError(f'a shape that is not a tuple of at most 32 sizes: {describe(shape, 60)}')
     return shape
 
 
@@ -285,7 +316,7 @@ class DataUnpickler:
     def _name(self, module: Any, name: Any) -> Global:
         if not (isinstance(module, str) and isinstance(name, str) and len(module) + len(name) < 256
                 and NAME.fullmatch(module) and NAME.fullmatch(name)):
-            raise PickleDataError(f'a global that is not a dotted name: {str(module)[:40]!r} {str(name)[:40]!r}')
+            raise PickleDataError(f'a global that is not a dotted name: {describe(module, 40)} {describe(name, 40)}')
         # Protocols 0-2 write Python 2 names (__builtin__.getattr): use the Python 3 ones, as pickle does.
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)

@@ -34,7 +34,7 @@ import torch
 
 from ..boundary import open_regular_file
 from ..errors import CheckpointError, CheckpointNotFoundError
-from .pickle_data import DataUnpickler, Global, PickleDataError, PickleLimits, numpy_calls, ordered_dict
+from .pickle_data import DataUnpickler, Global, PickleDataError, PickleLimits, describe, numpy_calls, ordered_dict
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # what torch's legacy (non-zip) format starts with
 LEGACY_PROTOCOL = 1001
@@ -157,7 +157,7 @@ class _TorchFile:
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == 'storage' and isinstance(pid[2], str)
                 and isinstance(pid[3], str) and type(pid[4]) is int and 0 <= pid[4] < 2**62
                 and (len(pid) == 5 or pid[5] is None)):
-            raise PickleDataError(f'a persistent id that is not a storage: {str(pid)[:80]}')
+            raise PickleDataError(f'a persistent id that is not a storage: {describe(pid)}')
         dtype, key, numel = _storage_dtype(pid[1]), pid[2], pid[4]
         storage = self.storages.get(key)
         if storage is None:
@@ -212,7 +212,7 @@ class _TorchFile:
             raise CheckpointError(f'Cannot load {self.path}: it is a pickle, not a PyTorch checkpoint.')
         protocol, position = self._unpickle(data, position, persistent=False)
         if protocol != LEGACY_PROTOCOL:
-            raise PickleDataError(f'a legacy checkpoint of protocol {str(protocol)[:20]}, not {LEGACY_PROTOCOL}')
+            raise PickleDataError(f'a legacy checkpoint of protocol {describe(protocol, 20)}, not {LEGACY_PROTOCOL}')
         sys_info, position = self._unpickle(data, position, persistent=False)
         if not isinstance(sys_info, dict) or sys_info.get('little_endian') is not True:
             raise PickleDataError('tensors saved in big-endian byte order, or without the system record')

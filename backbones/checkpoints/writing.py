@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from mmengine.fileio import LocalBackend, register_backend
 
 ATOMIC_BACKEND = 'convnext_dense_atomic'
@@ -40,6 +41,24 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         os.fsync(folder_fd)
     finally:
         os.close(folder_fd)
+
+
+def separate_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors``, each contiguous and in memory of its own, as safetensors writes them.
+
+    safetensors refuses tensors that share memory (a RuntimeError); a checkpoint may store one tensor under two
+    keys (tied weights). Such a tensor is copied for its second key; how many bytes that adds is bounded when the
+    checkpoint is opened (:func:`~backbones.checkpoints.loading.check_repeated_views`).
+    """
+    separate, used = {}, set()
+    for key, value in tensors.items():
+        value = value.contiguous()
+        address = value.untyped_storage().data_ptr()
+        if address in used:
+            value = value.clone()
+        used.add(address)
+        separate[key] = value
+    return separate
 
 
 @register_backend(ATOMIC_BACKEND)

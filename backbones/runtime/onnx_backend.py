@@ -62,20 +62,23 @@ def apply_onnx_classes(cfg: Config, exported: ExportedFile) -> str | None:
     """Give ``cfg`` the classes (category ids, palette) that the ``exported`` file was exported with, as
     :func:`backbones.runtime.own_data.apply_checkpoint_classes` does for a checkpoint; the line for the log.
 
+    The classes are the file's :class:`~backbones.class_meta.ClassMeta`, checked when it was read by the
+    rule of a checkpoint's (:func:`backbones.class_meta.checked_class_meta`).
+
     Raises:
-        CheckpointError: A file that is not an export of tools/export.py.
         UsageError: A backbone-only or label-map file, or the config names other classes than the file.
     """
-    onnx_file, info = exported.path, exported.info
+    onnx_file, info, meta = exported.path, exported.info, exported.class_meta
     if info.family == 'backbone' or info.labels:
         raise UsageError(f'{onnx_file} is a {"backbone" if info.family == "backbone" else "label-map"} export: '
                          'tools/test.py and tools/infer.py run the full model exported with its default outputs.')
-    if not info.classes:
+    if meta is None:
         return None
-    extra = dict(category_ids=info.category_ids) if info.category_ids else {}
-    if info.palette:
-        extra['palette'] = [tuple(colour) for colour in info.palette]
-    return set_classes(cfg, info.classes, onnx_file, **extra)
+    extra = {} if meta.category_ids is None else {'category_ids': meta.category_ids}
+    if meta.palette is not None:
+        extra['palette'] = list(meta.palette)
+    line = set_classes(cfg, meta.classes, onnx_file, **extra)
+    return line if meta.note is None else f'{line} Note: {meta.note}.'
 
 
 def use_onnx_model(cfg: Config, exported: ExportedFile) -> None:

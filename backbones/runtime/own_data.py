@@ -30,9 +30,9 @@ from mmengine.config import Config, ConfigDict
 
 from ..boundary import walk_files
 from ..checkpoints.loading import Checkpoint, open_checkpoint
+from ..class_meta import MAX_NAME_CHARS, category_ids_problem, checkpoint_class_meta, names_problem
 from ..datasets.checks import read_json
 from ..errors import DatasetError, UsageError
-from .class_meta import MAX_NAME_CHARS, category_ids_problem, checkpoint_class_meta, names_problem
 from .cli import TASKS
 from .config import split_datasets
 
@@ -305,7 +305,7 @@ def classes_from_data(cfg: Config, split: str = 'train', named_by: str = 'the co
 
 def apply_checkpoint_classes(cfg: Config, checkpoint: 'str | Checkpoint') -> str | None:
     """Give ``cfg`` the classes (and category ids, palette) that ``checkpoint`` (read once, or a source to read)
-    was trained on, when it carries them (checked: :func:`.class_meta.checkpoint_class_meta`); return the line
+    was trained on, when it carries them (checked: :func:`backbones.class_meta.checkpoint_class_meta`); return the line
     for the log (None when it carries none).
 
     Raises:

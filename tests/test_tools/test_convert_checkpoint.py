@@ -129,7 +129,7 @@ def test_outputs_it_would_not_write_whole_are_one_line(tmp_path, monkeypatch) ->
 
 
 def test_class_names_outside_the_schema_are_one_line(tmp_path, monkeypatch) -> None:
-    """id2label is written from the checkpoint's class names: checked first (backbones/runtime/class_meta.py)."""
+    """id2label is written from the checkpoint's class names: checked first (backbones/class_meta.py)."""
     state = {f'backbone.{k}': v for k, v in to_official(randomize(ConvNeXt(arch=TINY_ARCH)).state_dict(), True).items()}
     path = tmp_path / 'trained.pth'
     torch.save({'state_dict': state, 'meta': {'dataset_meta': {'classes': ['road', 'car\x1b[8m']}}}, path)
@@ -139,3 +139,20 @@ def test_class_names_outside_the_schema_are_one_line(tmp_path, monkeypatch) -> N
     assert exit_info.value.code.startswith(f"error: {path}: its meta.dataset_meta classes hold the name 'car\\x1b[8m' "
                                            'at 1, with a control character.')
     assert not (tmp_path / 'hf').exists()
+
+
+@pytest.mark.parametrize('output', ['out.safetensors', 'hf'])
+def test_a_tensor_stored_under_two_keys_converts_to_safetensors(tmp_path, monkeypatch, output: str) -> None:
+    """safetensors refuses tensors that share memory: a tied tensor (one storage under two keys, within the bound
+    on repeated views) was a raw RuntimeError; each key is written with memory of its own."""
+    state = randomize(ConvNeXt(arch=TINY_ARCH)).state_dict()
+    state['stages.0.blocks.0.gamma'] = state['stages.0.blocks.0.norm.weight']
+    torch.save({'state_dict': state}, tmp_path / 'tied.pth')
+    monkeypatch.setattr(sys, 'argv', ['convert_checkpoint.py', str(tmp_path / 'tied.pth'), str(tmp_path / output),
+                                      *(['--to', 'hf'] if output == 'hf' else [])])
+    runpy.run_path('tools/convert_checkpoint.py', run_name='__main__')
+    written = load_local_checkpoint(str(tmp_path / output))['state_dict']
+    gamma = 'stages.0.blocks.0.gamma' if output != 'hf' else 'encoder.stages.0.layers.0.layer_scale_parameter'
+    norm = 'stages.0.blocks.0.norm.weight' if output != 'hf' else 'encoder.stages.0.layers.0.layernorm.weight'
+    torch.testing.assert_close(written[gamma], state['stages.0.blocks.0.gamma'])
+    torch.testing.assert_close(written[norm], state['stages.0.blocks.0.norm.weight'])

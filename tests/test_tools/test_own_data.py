@@ -341,7 +341,7 @@ def test_bad_starts_are_one_line(tmp_path, own_coco) -> None:
         assert 'Traceback' not in result.stderr
 
 
-# --- class metadata that files carry: one schema (backbones/runtime/class_meta.py) ----------------------------
+# --- class metadata that files carry: one schema (backbones/class_meta.py) ----------------------------
 
 CLASSES_TOO_MANY = 2_000_000  # one short name shared: a 9 MB checkpoint
 MEMORY_CAP = 6 << 30  # address space for a tool run (torch and mmdet map about 4 GiB at import)

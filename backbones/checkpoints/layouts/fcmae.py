@@ -7,6 +7,9 @@ this backbone's layout under ``backbone.``: ``fcmae-timm``).
 """
 import math
 
+import torch
+
+from ...errors import CheckpointError
 from .base import StateDict
 from .official import to_ours as official_to_ours
 
@@ -18,6 +21,21 @@ def recognise(keys: list[str]) -> bool:
     return any(k.startswith('encoder.') for k in keys)
 
 
+def kernel_size(key: str, kernel: torch.Tensor) -> int:
+    """The side k of a Minkowski kernel: (k*k, C) depthwise or (k*k, in, out), every size above 0.
+
+    Raises:
+        CheckpointError: Another shape (another number of dimensions, a first size that is not a square, a size
+            0), naming ``key`` and the shapes expected, before anything is reshaped.
+    """
+    shape = tuple(kernel.shape)
+    size = math.isqrt(shape[0]) if kernel.ndim in (2, 3) else 0
+    if size == 0 or size * size != shape[0] or 0 in shape:
+        raise CheckpointError(f"FCMAE kernel '{key}' has shape {shape}; expected (k*k, C) (depthwise) or (k*k, in, "
+                              'out), with k*k a square number and no size 0: it is not an FCMAE checkpoint.')
+    return size
+
+
 def to_official(encoder: StateDict) -> StateDict:
     """Densify a sparse FCMAE encoder: MinkowskiEngine kernels become conv weights.
 
@@ -25,11 +43,11 @@ def to_official(encoder: StateDict) -> StateDict:
     index outermost (offset = w * k + h): (k*k, in, out) for a convolution, (k*k, C) depthwise.
     """
     out = {}
-    for key, value in encoder.items():
-        key = key.replace('.ln.', '.').replace('.linear.', '.')
+    for stored, value in encoder.items():
+        key = stored.replace('.ln.', '.').replace('.linear.', '.')
         if key.endswith('.kernel'):
+            size = kernel_size(f'encoder.{stored}', value)
             key = key.removesuffix('.kernel') + '.weight'
-            size = math.isqrt(value.shape[0])
             if value.ndim == 3:  # (w, h, in, out) -> (out, in, h, w)
                 value = value.reshape(size, size, *value.shape[1:]).permute(3, 2, 1, 0)
             else:  # depthwise (w, h, C) -> (C, 1, h, w)

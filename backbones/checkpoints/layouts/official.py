@@ -18,6 +18,9 @@ from .base import StateDict, rename, stored_arch
 # Enough of the official names -> ours for the arch inference (stored_arch reads stages, blocks and widths).
 ARCH_NAMES = ((r'^downsample_layers\.0\.', 'stem.'), (r'^downsample_layers\.(\d)\.', r'stages.\1.downsample.'),
               (r'^stages\.(\d)\.(\d+)\.', r'stages.\1.blocks.\2.'))
+# The names timm's filter gives the tensors it reshapes (GRN and 2-D weights), to check their shapes first.
+TIMM_NAMES = (*ARCH_NAMES, (r'\.dwconv\.', '.conv_dw.'), (r'\.pwconv', '.mlp.fc'), (r'\.grn\.beta$', '.mlp.grn.bias'),
+              (r'\.grn\.gamma$', '.mlp.grn.weight'))
 
 
 def recognise(keys: list[str]) -> bool:
@@ -51,4 +54,28 @@ def to_ours(state_dict: StateDict) -> tuple[StateDict, list[str]]:
         else:
             trunk[key] = value
     # timm's filter reads the model's shape for 2-D tensors; give it a model of the stored arch.
-    return {**checkpoint_filter_fn(trunk, _shape_model(trunk)), **out_norms}, head
+    model = _shape_model(trunk)
+    _check_reshapes(trunk, model.state_dict())
+    return {**checkpoint_filter_fn(trunk, model), **out_norms}, head
+
+
+def _check_reshapes(trunk: StateDict, expected: StateDict) -> None:
+    """Refuse, naming the key, a tensor that timm's filter would fail to reshape: a GRN tensor that is not C
+    values along its last dimension, a 2-D weight without a tensor of as many elements in the stored arch.
+
+    Raises:
+        CheckpointError: The first such tensor, with its shape and the shape expected.
+    """
+    for key, value in trunk.items():
+        if key.startswith(('projectors.', 'norms.')):  # timm's filter drops these
+            continue
+        shape = tuple(value.shape)
+        if 'grn' in key and (value.ndim == 0 or value.numel() != shape[-1]):
+            raise CheckpointError(f"GRN tensor '{key}' has shape {shape}; expected (C,) or (1, ..., 1, C).")
+        name = rename(key, TIMM_NAMES)
+        if value.ndim == 2 and 'head' not in name:
+            target = expected.get(name)
+            if target is None or target.numel() != value.numel():
+                wanted = f'{tuple(target.shape)} there' if target is not None else 'no such tensor'
+                raise CheckpointError(f"Tensor '{key}' has shape {shape}; the ConvNeXt the checkpoint describes has "
+                                      f'{wanted}: it is not a ConvNeXt checkpoint of this layout.')

@@ -14,7 +14,7 @@ from pathlib import Path
 import safetensors.torch
 
 from ...errors import CheckpointError
-from ..writing import write_atomic
+from ..writing import separate_tensors, write_atomic
 from .base import Arch, StateDict, rename, stored_arch
 
 CONFIG_NAME = 'config.json'
@@ -153,7 +153,7 @@ def from_ours(folder: str | Path, backbone: StateDict, heads: StateDict,
         model_class = backbone_class
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    write_atomic(folder / 'model.safetensors', safetensors.torch.save(tensors, metadata={'format': 'pt'}))
+    write_atomic(folder / 'model.safetensors', safetensors.torch.save(separate_tensors(tensors),
+                                                                      metadata={'format': 'pt'}))
     write_atomic(folder / CONFIG_NAME, (json.dumps(config, indent=2) + '\n').encode())
     return model_class

@@ -231,3 +231,41 @@ def test_a_key_cannot_choose_the_size_of_the_model(tmp_path) -> None:
     state['stages.0.100000000.gamma'] = torch.ones(16)
     with pytest.raises(CheckpointError, match=r'depths \[100000001, .*beyond any ConvNeXt .* not a ConvNeXt'):
         convert_state_dict(state)
+
+
+FCMAE_DWCONV = 'encoder.stages.0.0.dwconv.kernel'  # (49, 16) in TINY_ARCH
+
+
+@pytest.mark.parametrize('shape', [(49,), (), (0, 16), (49, 0), (48, 16), (50, 16), (7, 7, 16), (49, 16, 1, 1)],
+                         ids=str)
+def test_an_fcmae_kernel_of_another_shape_is_one_line_naming_it(tmp_path, shape: tuple) -> None:
+    """A Minkowski kernel is (k*k, C) or (k*k, in, out): a 1-D, 0-d, empty, non-square or 4-D one reached
+    ``reshape`` (IndexError, RuntimeError) or passed through as a weight of another shape."""
+    state = to_fcmae(source_backbone('v2').state_dict())
+    state[FCMAE_DWCONV] = torch.zeros(shape)
+    torch.save({'model': state}, tmp_path / 'fcmae.pt')
+    with pytest.raises(CheckpointError) as error:
+        loaded_backbone(tmp_path / 'fcmae.pt', version='v2')
+    assert str(error.value) == (f"FCMAE kernel '{FCMAE_DWCONV}' has shape {shape}; expected (k*k, C) (depthwise) or "
+                                '(k*k, in, out), with k*k a square number and no size 0: it is not an FCMAE '
+                                'checkpoint.')
+
+
+@pytest.mark.parametrize('key, shape, message', [
+    ('stages.0.0.grn.gamma', (), r"GRN tensor 'stages.0.0.grn.gamma' has shape \(\); expected \(C,\)"),
+    ('stages.0.0.grn.beta', (2, 3), r"GRN tensor 'stages.0.0.grn.beta' has shape \(2, 3\); expected \(C,\)"),
+    ('stages.0.0.pwconv1.weight', (5, 5), r"Tensor 'stages.0.0.pwconv1.weight' has shape \(5, 5\); the ConvNeXt "
+                                          r'the checkpoint describes has \(64, 16\) there'),
+    ('stages.0.0.extra', (3, 3), r"Tensor 'stages.0.0.extra' has shape \(3, 3\); the ConvNeXt the checkpoint "
+                                 'describes has no such tensor'),
+])
+def test_an_official_tensor_timm_cannot_reshape_is_one_line_naming_it(tmp_path, key: str, shape: tuple,
+                                                                      message: str) -> None:
+    """timm's filter reshapes GRN and 2-D tensors by name: an odd shape or an unknown 2-D name was a raw
+    IndexError, RuntimeError or KeyError (FCMAE encoders go through it too)."""
+    state = to_official(source_backbone('v2').state_dict())
+    state[key] = torch.zeros(shape)
+    torch.save({'model': state}, tmp_path / 'official.pth')
+    with pytest.raises(CheckpointError, match=f'^{message}') as error:
+        loaded_backbone(tmp_path / 'official.pth', version='v2')
+    assert '\n' not in str(error.value)

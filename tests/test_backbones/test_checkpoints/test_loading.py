@@ -1,6 +1,10 @@
 """backbones/checkpoints/loading.py: URL checkpoints, against servers on 127.0.0.1 that misbehave."""
 import http.server
+import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +14,7 @@ import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from backbones.checkpoints import CheckpointError
+from tests.helpers import limit_address_space
 
 from . import payloads as p
 
@@ -173,3 +178,35 @@ def test_download_bounds_must_be_positive_numbers(monkeypatch, value: str) -> No
     monkeypatch.setenv('CONVNEXT_DENSE_DOWNLOAD_DEADLINE', value)
     with pytest.raises(CheckpointError, match=f"^CONVNEXT_DENSE_DOWNLOAD_DEADLINE='{value}' is not a positive number"):
         load('http://127.0.0.1:9/never.pth')
+
+
+# A 4 MiB storage, transposed (so that .contiguous(), .reshape() and .flatten() copy it), under 2000 keys of each
+# layout whose conversion works key by key: 8 GB of copies from a file of 4 MiB.
+REPEATED_KEYS = 2000
+REPEATED_LAYOUTS = {
+    'fcmae': lambda view: {f'encoder.extra{i}': view for i in range(REPEATED_KEYS)},
+    'transformers': lambda view: {'embeddings.patch_embeddings.weight': torch.zeros(2),
+                                  **{f'encoder.stages.0.layers.0.grn.extra{i}': view for i in range(REPEATED_KEYS)}},
+    'timm': lambda view: {'stem.0.weight': torch.zeros(2),
+                          **{f'stages.0.blocks.{i}.mlp.fc1.weight': view[..., None, None]
+                             for i in range(REPEATED_KEYS)}},
+}
+
+
+@pytest.mark.parametrize('layout', list(REPEATED_LAYOUTS))
+def test_a_storage_viewed_under_thousands_of_keys_is_one_line_in_bounded_memory(tmp_path, layout: str) -> None:
+    """Each layout made each key a copy of its own (fcmae's .contiguous(), transformers' GRN .reshape(), timm's
+    .flatten()): a MemoryError under 6 GiB. tools/convert_checkpoint.py, in a child process with that address space
+    and a timeout, refuses the file in one line before converting."""
+    path = tmp_path / f'{layout}.pth'
+    torch.save({'state_dict': REPEATED_LAYOUTS[layout](torch.zeros(1024, 1024).t())}, path)
+    assert path.stat().st_size < 5 << 20
+    result = subprocess.run([sys.executable, 'tools/convert_checkpoint.py', str(path), str(tmp_path / 'out.pth')],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd()),
+                            preexec_fn=limit_address_space(6 << 30))
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert re.fullmatch(rf'error: Cannot use {re.escape(str(path))}: its \d+ tensors view 83886080\d\d bytes of '
+                        r'storages that hold 41943\d\d: the same storage under many keys, each of which a conversion '
+                        r'would copy \(at most twice the bytes held may be viewed\)\. Use another checkpoint\.',
+                        result.stderr.strip().splitlines()[-1]), result.stderr[-1000:]
+    assert not (tmp_path / 'out.pth').exists()

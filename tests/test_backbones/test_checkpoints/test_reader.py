@@ -304,3 +304,25 @@ def test_a_nest_deeper_than_python_recurses_is_one_line_when_moved_to_a_device()
     with pytest.raises(CheckpointError, match="^Cannot move the checkpoint to meta: its containers nest deeper than "
                                               "Python's recursion limit.$"):
         reader_module.map_tensors(deep, 'meta')
+
+
+@pytest.mark.parametrize('place', ['persistent-id', 'shared-persistent-id', 'global-module', 'array-shape'])
+def test_a_value_nested_past_the_recursion_limit_is_described_in_one_line(tmp_path, place: str) -> None:
+    """TUPLE1 nests without a MARK, so a value reaching the reader before the depth check (a persistent id, a
+    global's module, an array's shape) can nest 5000 deep, or be shared at 2**64 places: its ``str`` in the error
+    raised RecursionError or never ended. It is described one level deep."""
+    deep = p.text('x') + b'\x85' * 5000
+    shared = p.text('x') + b'q\x000h\x00h\x00\x86' * 64  # 2**64 paths to 'x'
+    body = {'persistent-id': deep + b'Q', 'shared-persistent-id': shared + b'Q',
+            'global-module': deep + p.text('name') + b'\x93',
+            'array-shape': p.call('numpy._core.multiarray._reconstruct', p.name('numpy.ndarray'),
+                                  p.tuple_of(p.integer(0)), p.raw(b'b'))
+            + p.tuple_of(p.integer(1), deep, p.plain_dtype(), b'\x89', p.raw(b'')) + b'b'}[place]
+    path = p.write_archive(tmp_path / f'{place}.pth', p.checkpoint(body))
+    expected = {'persistent-id': r'a persistent id that is not a storage: \(<tuple of 1>\)',
+                'shared-persistent-id': r'a persistent id that is not a storage: \(<tuple of 2>, <tuple of 2>\)',
+                'global-module': r"a global that is not a dotted name: \(<tuple of 1>\) 'name'",
+                'array-shape': r'a shape that is not a tuple of at most 32 sizes: \(<tuple of 1>\)'}[place]
+    with within(10), pytest.raises(CheckpointError) as error:
+        load(path)
+    assert re.fullmatch(f'Cannot load {re.escape(str(path))}: {expected}.', str(error.value)), str(error.value)

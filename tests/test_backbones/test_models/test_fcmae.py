@@ -108,3 +108,18 @@ def test_pretraining_checkpoint_fine_tunes_in_the_demo_configs(tmp_path, caplog,
     loaded = model.backbone.state_dict()
     for key, value in pretrained.backbone.state_dict().items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize('shape', [(16,), (0, 16), (10, 16), (4, 16, 32, 1)], ids=str)
+def test_an_fcmae_kernel_of_another_shape_is_one_line_in_init_weights(tmp_path, shape: tuple) -> None:
+    """The official downsample kernels are (k*k, in, out): another shape reached ``reshape`` in a raw traceback."""
+    path, _ = official_checkpoint(tmp_path)
+    state = torch.load(path)
+    state['model']['encoder.downsample_layers.1.1.kernel'] = torch.zeros(shape)
+    torch.save(state, path)
+    model = FCMAE(arch=TINY_ARCH, init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(CheckpointError) as error:
+        model.init_weights()
+    assert str(error.value).startswith(f"FCMAE kernel 'encoder.downsample_layers.1.1.kernel' has shape {shape}; "
+                                       'expected (k*k, C) (depthwise) or (k*k, in, out)')
+    assert '\n' not in str(error.value)

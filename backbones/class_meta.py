@@ -7,7 +7,8 @@ it (a config copy, a palette, a head size, a log line): 1 to :data:`MAX_CLASSES`
 tab, terminal escape or other control or format character can reach one). The count is checked first, so
 a list of millions of names is refused before any of them is looked at.
 
-A checkpoint's class metadata (:func:`checkpoint_class_meta`):
+A checkpoint's class metadata (:func:`checkpoint_class_meta`; :func:`checked_class_meta` applies the same rule
+to the class metadata of other files, an exported ONNX model's):
 
 * ``classes``: names as above. Without them (another tool's checkpoint) the checkpoint carries no classes.
 * ``palette``: one ``(r, g, b)`` of ints 0-255 per class. More colours than classes are cut to the classes
@@ -16,10 +17,11 @@ A checkpoint's class metadata (:func:`checkpoint_class_meta`):
   so. Colours of another type or out of range are an error, like every other broken entry.
 * ``category_ids``: one unique int (not a bool) of int64's range per class.
 """
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CheckpointError
+from .errors import CheckpointError
 
 MAX_CLASSES = 10_000  # ADE20K-full, the largest dense-prediction label set we know of, has 3688
 MAX_NAME_CHARS = 256
@@ -103,17 +105,34 @@ def checkpoint_class_meta(contents: Any, source: str) -> ClassMeta | None:
                                'class one (r, g, b) of 0-255 and one unique int id; fix the meta, or keep the weights '
                                'alone with tools/convert_checkpoint.py IN OUT.pth.')
 
-    classes = dataset_meta['classes']
+    return checked_class_meta(dataset_meta['classes'], dataset_meta.get('category_ids'),
+                              dataset_meta.get('palette'), fail)
+
+
+def checked_class_meta(classes: Any, category_ids: Any, palette: Any,
+                       fail: Callable[[str, str], Exception]) -> ClassMeta:
+    """Classes, category ids and a palette that a file carries, checked (module doc): the rule of a
+    checkpoint's ``meta.dataset_meta``, for every file format that carries class metadata.
+
+    Args:
+        classes: The class names as read.
+        category_ids: The category ids as read, or None when the file has none.
+        palette: The colours as read, or None when the file has none.
+        fail: Makes the exception to raise from the entry's key (``'classes'``, ``'category_ids'`` or
+            ``'palette'``) and the problem (``'repeat an id'``), for a message that names the file.
+
+    Raises:
+        Exception: What ``fail`` makes, for the first entry that does not fit the schema.
+    """
     if problem := names_problem(classes):
         raise fail('classes', problem)
-    ids = dataset_meta.get('category_ids')
-    if ids is not None and (problem := category_ids_problem(ids, len(classes))):
+    if category_ids is not None and (problem := category_ids_problem(category_ids, len(classes))):
         raise fail('category_ids', problem)
-    palette, note = dataset_meta.get('palette'), None
+    note = None
     if palette is not None:
         if problem := _palette_problem(palette):
             raise fail('palette', problem)
         if len(palette) < len(classes):
             palette, note = None, f'its palette of {len(palette)} colours for {len(classes)} classes is not used'
-    return ClassMeta(tuple(classes), None if ids is None else tuple(ids),
+    return ClassMeta(tuple(classes), None if category_ids is None else tuple(category_ids),
                      None if palette is None else tuple(tuple(colour) for colour in palette[:len(classes)]), note)
