@@ -9,7 +9,8 @@ Each primitive bounds the work an input can cause and refuses what it cannot tak
   later, where it could block), and counts the entries it reads against a cap.
 * :func:`read_regular_file` (on :func:`open_regular_file`): a file's bytes, from a regular file only (opened
   without blocking, checked on the descriptor), counted against a cap while read, never by its reported size;
-  :func:`parse_json` for the JSON files among them; :func:`cap_from_environment` for caps users can raise.
+  :func:`parse_json` for the JSON files among them; :func:`cap_from_environment` (on
+  :func:`number_from_environment`, the one reader of settings) for caps users can raise.
 * :func:`resolve_inside`: a path resolved, links and ``..`` included, that must stay inside a given folder.
 * :func:`oversized_image` (:func:`declared_image_size`, :func:`too_many_pixels`): an image's pixel count, read
   from its header before anything decodes it (for a GIF, the canvas that its screen and every frame span),
@@ -33,24 +34,30 @@ MAX_FILES_VARIABLE = 'CONVNEXT_DENSE_MAX_FILES'
 DEFAULT_MAX_FILES = 1_000_000
 
 
-def count_from_environment(variable: str, default: int, unit: str) -> int:
-    """A positive count from the environment variable ``variable``, or ``default`` if it is unset.
+def number_from_environment(variable: str, default: float, unit: str, integer: bool = False) -> float:
+    """A positive number from the environment variable ``variable``, or ``default`` if it is unset or empty: the
+    one reader of the settings users raise caps and bounds with.
 
     Args:
         variable: The variable's name.
-        default: The count when it is unset or empty.
-        unit: What is counted, for the error (``'folder entries'``).
+        default: The value when it is unset.
+        unit: What the number counts, for the error (``'MiB'``, ``'folder entries'``).
+        integer: Only whole numbers written as digits.
 
     Raises:
-        UsageError: The variable is set to something other than a positive integer.
+        UsageError: The variable is set to something other than a positive (finite) number.
     """
-    value = os.environ.get(variable, '').strip()
-    if not value:
+    text = os.environ.get(variable, '').strip()
+    if not text:
         return default
-    if not value.isdecimal() or len(value) > 18 or int(value) < 1:
-        raise UsageError(f'{variable}={value[:40]!r}: set it to a positive number of {unit} (default {default}), '
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = -1
+    if not 0 < value < 2**43:  # also refuses inf and nan
+        raise UsageError(f'{variable}={text[:40]!r}: set it to a positive number of {unit} (default {default}), '
                          'or unset it.')
-    return int(value)
+    return value
 
 
 def max_files() -> int:
@@ -59,7 +66,7 @@ def max_files() -> int:
     Raises:
         UsageError: The variable is set to something other than a positive integer.
     """
-    return count_from_environment(MAX_FILES_VARIABLE, DEFAULT_MAX_FILES, 'folder entries')
+    return int(number_from_environment(MAX_FILES_VARIABLE, DEFAULT_MAX_FILES, 'folder entries', integer=True))
 
 
 def walk_files(root: str | os.PathLike, suffixes: Sequence[str] | None = None,
@@ -220,15 +227,7 @@ def cap_from_environment(variable: str, default_mb: int) -> int:
     Raises:
         UsageError: The variable is set to something other than a positive number.
     """
-    text = os.environ.get(variable, '').strip()
-    try:
-        value = float(text or default_mb)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 2**43:
-        raise UsageError(f'{variable}={text[:40]!r}: set it to a positive number of MiB (default {default_mb}), or '
-                         'unset it.')
-    return int(value * (1 << 20))
+    return int(number_from_environment(variable, default_mb, 'MiB') * (1 << 20))
 
 
 def parse_json(data: bytes) -> Any:
@@ -293,7 +292,7 @@ def max_image_pixels() -> int:
     Raises:
         UsageError: The variable is set to something other than a positive integer.
     """
-    return count_from_environment(PIXELS_VARIABLE, DEFAULT_MAX_PIXELS, 'pixels')
+    return int(number_from_environment(PIXELS_VARIABLE, DEFAULT_MAX_PIXELS, 'pixels', integer=True))
 
 
 def declared_image_size(source: bytes | str | os.PathLike) -> tuple[int, int] | None:

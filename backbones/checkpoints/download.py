@@ -20,6 +20,7 @@ import torch
 import tqdm
 from mmengine.logging import print_log
 
+from ..boundary import cap_from_environment, number_from_environment
 from ..errors import CheckpointError
 
 TIMEOUT_VARIABLE = 'CONVNEXT_DENSE_DOWNLOAD_TIMEOUT'
@@ -54,21 +55,12 @@ def download_settings() -> DownloadSettings:
     ``CONVNEXT_DENSE_DOWNLOAD_MAX_MB`` and ``CONVNEXT_DENSE_OFFLINE``.
 
     Raises:
-        CheckpointError: A bound that is not a positive number.
+        UsageError: A bound that is not a positive number (:func:`backbones.boundary.number_from_environment`).
     """
-    values = []
-    for name, default in ((TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S), (DEADLINE_VARIABLE, DEFAULT_DEADLINE_S),
-                          (MAX_BYTES_VARIABLE, DEFAULT_MAX_MB)):
-        text = os.environ.get(name, str(default))
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1
-        if not 0 < value < float('inf'):
-            raise CheckpointError(f'{name}={text!r} is not a positive number.')
-        values.append(value)
     offline = os.environ.get(OFFLINE_VARIABLE, '').strip().lower() not in ('', '0', 'false', 'no')
-    return DownloadSettings(values[0], values[1], int(values[2] * (1 << 20)), offline)
+    return DownloadSettings(number_from_environment(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S, 'seconds'),
+                            number_from_environment(DEADLINE_VARIABLE, DEFAULT_DEADLINE_S, 'seconds'),
+                            cap_from_environment(MAX_BYTES_VARIABLE, DEFAULT_MAX_MB), offline)
 
 
 def cache_path(url: str, folder: str) -> str:

@@ -14,6 +14,7 @@ import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from backbones.checkpoints import CheckpointError
+from backbones.errors import UsageError
 from tests.helpers import limit_address_space
 
 from . import payloads as p
@@ -176,7 +177,8 @@ def test_offline_mode_reads_the_cache_and_never_the_network(server, hub, monkeyp
 @pytest.mark.parametrize('value', ['0', '-1', 'inf', 'soon'])
 def test_download_bounds_must_be_positive_numbers(monkeypatch, value: str) -> None:
     monkeypatch.setenv('CONVNEXT_DENSE_DOWNLOAD_DEADLINE', value)
-    with pytest.raises(CheckpointError, match=f"^CONVNEXT_DENSE_DOWNLOAD_DEADLINE='{value}' is not a positive number"):
+    with pytest.raises(UsageError, match=f"^CONVNEXT_DENSE_DOWNLOAD_DEADLINE='{value}': set it to a positive number "
+                                         r'of seconds \(default 7200\), or unset it\.$'):
         load('http://127.0.0.1:9/never.pth')
 
 
