@@ -16,7 +16,18 @@ from collections.abc import Iterator
 from mmengine.config import Config, ConfigDict
 
 from ..boundary import walk_files
-from ..datasets.checks import DatasetReport, Progress, check_coco, check_label_maps, forget_json, read_json
+from ..datasets.checks import (
+    MISSING_IMAGE,
+    MISSING_LABEL,
+    OVERSIZED_IMAGE,
+    UNREADABLE_IMAGE,
+    DatasetReport,
+    Progress,
+    check_coco,
+    check_label_maps,
+    forget_json,
+    read_json,
+)
 from ..errors import DatasetError
 from .config import split_datasets
 
@@ -24,6 +35,9 @@ LABEL_SAMPLE = 200  # label maps whose values the check before training reads
 SKIP_BAD_DIR = 'skip_bad'
 DEFAULT_REDUCE_ZERO_LABEL = {'ADE20KDataset': True}
 EXAMPLES = 3
+# What stops an evaluation before it starts: the items its pipeline could not decode, or would decode past the
+# pixel cap. The other kinds are the evaluation's to score as the annotation file has them.
+UNDECODABLE = (MISSING_IMAGE, UNREADABLE_IMAGE, OVERSIZED_IMAGE, MISSING_LABEL)
 
 
 def _reduce_zero_label(dataset: ConfigDict) -> bool:
@@ -121,6 +135,26 @@ def check_before_training(cfg: Config, skip_bad: bool) -> list[str]:
         raise DatasetError('\n'.join([*problems, 'Fix these items (tools/check_dataset.py also decodes every '
                                       'image), or pass --skip-bad to train without them.']))
     return lines
+
+
+def check_before_testing(cfg: Config) -> None:
+    """Check the test split's files before the model is built (the cheap part: every image's and label map's
+    existence and header, and a sample of label maps), so that no image the evaluation would decode is
+    missing, unreadable or over the pixel cap (:func:`backbones.boundary.too_many_pixels`): the evaluation
+    never leaves an image out, and mmcv would decode such an image in full.
+
+    Raises:
+        DatasetError: One line per kind of :data:`UNDECODABLE` problem found, and the fix.
+    """
+    problems = []
+    for _, report in check_config_datasets(cfg, ('test',), open_images=False):
+        found = DatasetReport(report.split, report.source, {kind: items for kind, items in report.problems.items()
+                                                            if kind in UNDECODABLE})
+        problems += found.lines(EXAMPLES)[1:]
+    forget_json()
+    if problems:
+        raise DatasetError('\n'.join([*problems, 'Fix these items or leave them out of the annotation file '
+                                      '(tools/check_dataset.py lists every one): an evaluation scores every image.']))
 
 
 def skip_unreadable_images(cfg: Config) -> None:

@@ -15,7 +15,8 @@
    check_dataset), which must agree with a checkpoint's.
 5. **Checks before work starts**, each one line: the splits' files exist; train: the hooks' options, the work
    dir (it must be writable before ``--skip-bad`` writes its lists there), the dataset check and ``--skip-bad``;
-   test: the work dir.
+   test: the work dir, then the test split's images and label maps (existence and header, pixels capped:
+   :func:`.dataset_check.check_before_testing`).
 6. **The device and the model**: a GPU recipe made runnable on CPUs (train, test); with ``--backend
    onnxruntime`` (test, infer), the exported file's ONNX Runtime model in place of the config's, once the
    classes are final (it is verified against the config's model when built).
@@ -42,7 +43,7 @@ from .config import (
     set_data_root,
     skip_pretrained_init,
 )
-from .dataset_check import check_before_training, skip_unreadable_images
+from .dataset_check import check_before_testing, check_before_training, skip_unreadable_images
 from .device import adapt_to_cpu, default_device
 from .onnx_backend import apply_onnx_classes, use_onnx_model
 from .own_data import apply_checkpoint_classes, classes_from_data
@@ -144,6 +145,8 @@ def prepare_config(args: argparse.Namespace, tool: str) -> PreparedRun:
         check_hook_options(cfg)
     if tool in ('train', 'test'):
         check_work_dir(cfg.work_dir)
+    if tool == 'test':
+        check_before_testing(cfg)
     if tool == 'train':
         run.log_lines += check_before_training(cfg, args.skip_bad)
         skip_unreadable_images(cfg)
